@@ -135,8 +135,15 @@ def reload_entry_points() -> None:
 
 
 def load_plugin(module: str) -> None:
-    """Import `module` (its `@register_pass` classes register themselves); `pkg.mod:obj` also works."""
+    """Import `module` (its `@register_pass` classes register themselves).
+
+    `pkg.mod:obj` registers `obj` (a Pass class, or a function to call); a path ending in `.py`
+    is imported from that file.
+    """
     _ensure_loaded()
+    if module.endswith(".py"):
+        _load_plugin_file(module)
+        return
     module_name, _, attr = module.partition(":")
     try:
         mod = importlib.import_module(module_name)
@@ -146,6 +153,26 @@ def load_plugin(module: str) -> None:
         if not hasattr(mod, attr):
             raise InputError(f"cannot load plugin '{module}': module has no attribute '{attr}'")
         _adopt(getattr(mod, attr), origin=module)
+
+
+def _load_plugin_file(path: str) -> None:
+    import importlib.util
+    import os
+    import sys
+
+    if not os.path.isfile(path):
+        raise InputError(f"cannot load plugin '{path}': no such file")
+    module_name = "onnxpress_plugin_" + os.path.splitext(os.path.basename(path))[0]
+    spec = importlib.util.spec_from_file_location(module_name, path)
+    if spec is None or spec.loader is None:
+        raise InputError(f"cannot load plugin '{path}': not a Python module")
+    mod = importlib.util.module_from_spec(spec)
+    sys.modules[module_name] = mod
+    try:
+        spec.loader.exec_module(mod)
+    except Exception as e:
+        del sys.modules[module_name]
+        raise InputError(f"cannot load plugin '{path}': {type(e).__name__}: {e}") from None
 
 
 def _unknown(name: str) -> PipelineError:

@@ -1,0 +1,94 @@
+"""The backend protocol and registry: one ONNX Runtime execution provider per target.
+
+A backend describes its target as data (`Capabilities`), names its default pipeline per -O level
+and its legalization pipeline, supplies the runner that executes models on its EP, and emits the
+final file. Passes never import a backend: they read `PassContext.capabilities`. Third-party
+backends register from the entry-point group `onnxpress.backends`.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import difflib
+import logging
+from typing import Any, Protocol, runtime_checkable
+
+import onnx_ir as ir
+
+from onnxpress.errors import InputError
+
+__all__ = ["Capabilities", "Backend", "register_backend", "get_backend", "backend_names", "ENTRY_POINT_GROUP"]
+
+logger = logging.getLogger(__name__)
+
+ENTRY_POINT_GROUP = "onnxpress.backends"
+
+
+@dataclasses.dataclass(frozen=True)
+class Capabilities:
+    """What a target EP can run fast; the quantization and legalization passes read this."""
+
+    target: str
+    providers: tuple[str, ...]
+    qdq_ops: frozenset[str] = frozenset()
+    symmetric_activations_only: bool = False
+    float_bias: bool = False
+    static_shapes_required: bool = False
+    opset_range: tuple[int, int] = (7, 23)
+    prefers_fp16: bool = False
+    missing_ops: frozenset[str] = frozenset()
+
+
+@runtime_checkable
+class Backend(Protocol):
+    name: str
+    capabilities: Capabilities
+
+    def runner(self) -> Any:
+        """A ModelRunner executing models on this EP."""
+
+    def pipeline(self, level: int) -> str:
+        """The default pipeline text for -O`level` on this target."""
+
+    def emit(self, model: ir.Model, path: str, *, external_data: bool | None = None) -> None:
+        """Write the final model for this target."""
+
+
+_BACKENDS: dict[str, Any] = {}
+_loaded = {"builtins": False, "entry_points": False}
+
+
+def register_backend(backend: Any) -> Any:
+    """Register a backend instance (or a class, instantiated without arguments)."""
+    instance = backend() if isinstance(backend, type) else backend
+    _BACKENDS[instance.name] = instance
+    return backend
+
+
+def _ensure_loaded() -> None:
+    if not _loaded["builtins"]:
+        _loaded["builtins"] = True
+        import onnxpress.backends.cpu  # noqa: F401
+    if not _loaded["entry_points"]:
+        _loaded["entry_points"] = True
+        from importlib.metadata import entry_points
+
+        for ep in entry_points(group=ENTRY_POINT_GROUP):
+            try:
+                register_backend(ep.load())
+            except Exception as e:
+                logger.warning("could not load backend plugin %s: %s", ep.name, e)
+
+
+def backend_names() -> list[str]:
+    _ensure_loaded()
+    return sorted(_BACKENDS)
+
+
+def get_backend(name: str) -> Any:
+    _ensure_loaded()
+    if name not in _BACKENDS:
+        close = difflib.get_close_matches(name, list(_BACKENDS), n=3, cutoff=0.4)
+        hint = f"; did you mean {', '.join(close)}?" if close else f"; available: {', '.join(sorted(_BACKENDS))}"
+        raise InputError(f"unknown target '{name}'{hint}")
+    return _BACKENDS[name]
