@@ -41,7 +41,7 @@ class FoldConvScalePass(Pass):
     def run(self, model: ir.Model, am) -> PassResult:
         folded = 0
         for node in list(model.graph):
-            if node.op_type != "Mul" or node.domain != "":
+            if node.op_type != "Mul" or node.domain != "" or node.outputs[0].is_graph_output():
                 continue
             conv_out, scale_value = node.inputs
             conv = conv_out.producer() if conv_out is not None else None
