@@ -63,7 +63,11 @@ class _MiniLM:  # built lazily so that importing this script does not import tor
     @staticmethod
     def build(model_dir: Path):
         import torch
+        import transformers
         from transformers import AutoModel
+
+        transformers.utils.logging.disable_progress_bar()
+        transformers.utils.logging.set_verbosity_error()
 
         class LastHiddenState(torch.nn.Module):
             def __init__(self) -> None:
@@ -137,7 +141,7 @@ def main(argv: list[str] | None = None) -> int:
         written = fetch_ocr(out)
         if not args.skip_minilm:
             written.append(fetch_minilm(out))
-    except FetchError as e:
+    except (FetchError, OSError) as e:
         print(f"fetch_models: error: {e}", file=sys.stderr)
         return 1
     import onnx

@@ -8,9 +8,16 @@ from onnxpress.passes.registry import register_pipeline
 #: Load and save only.
 O0 = ""
 #: Cheap, local clean-ups.
-O1 = "fold-constants,eliminate-identity,cse,dce"
+O1 = "fold-constants,eliminate-noops,eliminate-identity,cse,dce"
 #: Everything lossless, iterated to a fixpoint.
-O2 = "fixpoint{max-iters=4}(fold-constants,eliminate-identity,cse,dce),dedup-initializers,dce"
+O2 = (
+    "infer-shapes,"
+    "fixpoint{max-iters=4}("
+    "fold-constants,onnxscript-rewrite,eliminate-noops,eliminate-identity,eliminate-casts,"
+    "eliminate-transposes,eliminate-reshapes,fold-batchnorm,fuse-conv-bias,fuse-matmul-add,cse,dce"
+    "),"
+    "dedup-initializers,dce"
+)
 
 register_pipeline("O0", O0, "load and save only")
 register_pipeline("O1", O1, "cheap lossless clean-ups")

@@ -311,8 +311,12 @@ class PassManager(ir.passes.InPlacePass):
             self.records.append(
                 PassRecord(pass_name(pass_), pass_text(pass_), bool(result.modified), seconds, dict(result.stats))
             )
-            for inst in self.instruments:
-                inst.after_pass(pass_, model, result, before)
+            try:
+                for inst in self.instruments:
+                    inst.after_pass(pass_, model, result, before)
+            except OnnxpressError as e:  # a verifier rejected the pass: let the reproducer see it
+                self._failed(pass_, before, e)
+                raise
             modified_any |= bool(result.modified)
         return modified_any
 

@@ -7,3 +7,26 @@ wrappers; the rest live one per module beside this file.
 from __future__ import annotations
 
 from onnxpress.passes.cleanup import _wrapped  # noqa: F401  (registers on import)
+from onnxpress.passes.cleanup.eliminate_casts import EliminateCastsPass
+from onnxpress.passes.cleanup.eliminate_identity import EliminateIdentityPass
+from onnxpress.passes.cleanup.eliminate_noops import EliminateNoopsPass
+from onnxpress.passes.cleanup.eliminate_reshapes import EliminateReshapesPass
+from onnxpress.passes.cleanup.eliminate_transposes import EliminateTransposesPass
+from onnxpress.passes.cleanup.fold_batchnorm import FoldBatchNormPass
+from onnxpress.passes.cleanup.fuse_conv_bias import FuseConvBiasPass
+from onnxpress.passes.cleanup.fuse_matmul_add import FuseMatMulAddPass
+from onnxpress.passes.cleanup.infer_shapes import InferShapesPass
+from onnxpress.passes.cleanup.onnxscript_rewrite import OnnxscriptRewritePass
+
+__all__ = [
+    "EliminateCastsPass",
+    "EliminateIdentityPass",
+    "EliminateNoopsPass",
+    "EliminateReshapesPass",
+    "EliminateTransposesPass",
+    "FoldBatchNormPass",
+    "FuseConvBiasPass",
+    "FuseMatMulAddPass",
+    "InferShapesPass",
+    "OnnxscriptRewritePass",
+]

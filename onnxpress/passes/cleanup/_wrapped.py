@@ -49,7 +49,6 @@ class _Dce:
 
 wrap_ir_pass("dce", _Dce, "Dead-code elimination: unused nodes, functions and opset imports (onnx_ir).")
 wrap_ir_pass("cse", ir_common.CommonSubexpressionEliminationPass, "Common-subexpression elimination (onnx_ir; subgraphs included).")
-wrap_ir_pass("eliminate-identity", ir_common.IdentityEliminationPass, "Remove Identity nodes (onnx_ir), keeping graph output names.")
 wrap_ir_pass(
     "dedup-initializers",
     ir_common.DeduplicateHashedInitializersPass,
