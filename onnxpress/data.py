@@ -306,6 +306,9 @@ class _SampleFilesSource(FeedSource):
             yield feed
 
 
+_END = object()
+
+
 class _CallableSource(FeedSource):
     def __init__(self, specs: Sequence[InputSpec], description: str, function: Callable[[], Any]) -> None:
         length = len(function) if isinstance(function, Sequence) else None
@@ -316,12 +319,7 @@ class _CallableSource(FeedSource):
         if isinstance(self._function, Sequence):  # a list of feeds given directly
             yield from self._function
             return
-        try:
-            produced = self._function()
-        except InputError:
-            raise
-        except Exception as e:
-            raise InputError(f"{self._description} raised {type(e).__name__}: {e}") from e
+        produced = self._guarded(self._function)
         if produced is None:
             raise InputError(f"{self._description} returned None; return or yield dicts of input name -> array")
         if isinstance(produced, Mapping):
@@ -329,7 +327,21 @@ class _CallableSource(FeedSource):
             return
         if not isinstance(produced, Iterable):
             raise InputError(f"{self._description} returned a {type(produced).__name__}, not feed dicts")
-        yield from produced
+        iterator = iter(produced)
+        while True:
+            # a generator's body runs here, so its errors are the user's data errors too
+            feed = self._guarded(lambda: next(iterator, _END))
+            if feed is _END:
+                return
+            yield feed
+
+    def _guarded(self, call: Callable[[], Any]) -> Any:
+        try:
+            return call()
+        except InputError:
+            raise
+        except Exception as e:
+            raise InputError(f"{self._description} raised {type(e).__name__}: {e}") from e
 
 
 class _RandomSource(FeedSource):

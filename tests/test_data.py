@@ -244,6 +244,14 @@ def test_callable_errors(image_model, monkeypatch):
 
     with pytest.raises(InputError, match="raised RuntimeError: disk on fire"):
         load_data(broken, image_model)
+
+    def breaks_midway():
+        yield {"x": np.zeros((1, 3, 4, 4), np.float32), "ids": np.zeros((1, 5), np.int64)}
+        raise KeyError("sample 2")
+
+    source = load_data(breaks_midway, image_model)
+    with pytest.raises(InputError, match="raised KeyError: 'sample 2'"):
+        source.take(None)
     with pytest.raises(InputError, match="holds no samples"):
         load_data(lambda: [], image_model)
 

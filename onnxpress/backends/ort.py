@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import logging
 import os
+import re
 import tempfile
 from collections.abc import Sequence
 from typing import Any
@@ -24,15 +25,18 @@ __all__ = ["OrtRunner", "create_session", "run_model"]
 logger = logging.getLogger(__name__)
 
 _PROTO_LIMIT = 2**31 - 1 - (64 << 20)  # leave room for the graph itself
+_EXTERNAL_FOLDER_KEY = "session.model_external_initializers_file_folder_path"
+_IR_VERSION_ERROR = re.compile(r"max supported IR version: (\d+)")
 
 
-def _weight_bytes(model: ir.Model) -> int:
-    total = 0
-    for graph in (model.graph, *model.graph.subgraphs()):
-        for value in graph.initializers.values():
-            if value.const_value is not None:
-                total += value.const_value.nbytes
-    return total
+def _external_folders(model: ir.Model) -> set[str]:
+    from onnxpress.ir.io import iter_tensors
+
+    return {
+        os.path.abspath(str(t.base_dir or "."))
+        for t in iter_tensors(model)
+        if isinstance(t, ir.ExternalTensor)
+    }
 
 
 def create_session(
@@ -43,8 +47,16 @@ def create_session(
     intra_op_threads: int | None = None,
     session_options: Any = None,
 ):
-    """An `onnxruntime.InferenceSession` for an in-memory model (external data when > 2 GB)."""
+    """An `onnxruntime.InferenceSession` for an in-memory model.
+
+    Models under 2 GB go to ORT as bytes; weights still memory-mapped from one folder are read by
+    ORT from there. Bigger models, or weights from several folders, are saved to a temporary
+    folder with external data first. A model whose IR version is newer than this ORT accepts is
+    handed over with the highest IR version it does accept (the saved model is not changed).
+    """
     import onnxruntime as ort
+
+    from onnxpress.ir.io import weight_bytes
 
     opts = session_options or ort.SessionOptions()
     opts.log_severity_level = 3
@@ -57,16 +69,33 @@ def create_session(
     opts.graph_optimization_level = levels[optimization_level]
     if intra_op_threads is not None:
         opts.intra_op_num_threads = intra_op_threads
-    try:
-        if _weight_bytes(model) < _PROTO_LIMIT:
-            data = ir.serde.serialize_model(model).SerializeToString()
-            return ort.InferenceSession(data, sess_options=opts, providers=list(providers))
-        with tempfile.TemporaryDirectory(prefix="onnxpress-ort-") as tmp:
-            path = os.path.join(tmp, "model.onnx")
-            ir.save(model, path, external_data="model.onnx.data")
-            return ort.InferenceSession(path, sess_options=opts, providers=list(providers))
-    except Exception as e:  # ORT raises its own exception types for invalid graphs
-        raise InputError(f"ONNX Runtime cannot load the model: {_first_line(e)}") from e
+    folders = _external_folders(model)
+    in_bytes = weight_bytes(model) < _PROTO_LIMIT and len(folders) <= 1
+    if in_bytes and folders:
+        opts.add_session_config_entry(_EXTERNAL_FOLDER_KEY, folders.pop())
+    ir_version = model.ir_version
+    for _attempt in range(2):
+        try:
+            if in_bytes:
+                proto = ir.serde.serialize_model(model)
+                proto.ir_version = ir_version
+                return ort.InferenceSession(proto.SerializeToString(), sess_options=opts, providers=list(providers))
+            with tempfile.TemporaryDirectory(prefix="onnxpress-ort-") as tmp:
+                path = os.path.join(tmp, "model.onnx")
+                saved_version = model.ir_version
+                model.ir_version = ir_version
+                try:
+                    ir.save(model, path, external_data="model.onnx.data")
+                finally:
+                    model.ir_version = saved_version
+                return ort.InferenceSession(path, sess_options=opts, providers=list(providers))
+        except Exception as e:  # ORT raises its own exception types for invalid graphs
+            match = _IR_VERSION_ERROR.search(str(e))
+            if match and int(match.group(1)) < ir_version:
+                ir_version = int(match.group(1))
+                continue
+            raise InputError(f"ONNX Runtime cannot load the model: {_first_line(e)}") from e
+    raise AssertionError("unreachable")
 
 
 def _first_line(error: BaseException) -> str:

@@ -108,10 +108,15 @@ class TimingInstrument(PassInstrument):
         self._pass_start = time.perf_counter()
 
     def after_pass(self, pass_: ir.passes.PassBase, model: ir.Model, result: PassResult, before: ir.Model | None) -> None:
-        self.timings.append((pass_name(pass_), time.perf_counter() - self._pass_start))
+        self._stop(pass_)
 
     def after_pass_failed(self, pass_: ir.passes.PassBase, before: ir.Model | None, error: BaseException) -> None:
-        self.timings.append((pass_name(pass_), time.perf_counter() - self._pass_start))
+        self._stop(pass_)  # no-op when a later instrument rejected a pass already timed
+
+    def _stop(self, pass_: ir.passes.PassBase) -> None:
+        if self._pass_start:
+            self.timings.append((pass_name(pass_), time.perf_counter() - self._pass_start))
+            self._pass_start = 0.0
 
     def after_pipeline(self, model: ir.Model) -> None:
         self.total = time.perf_counter() - self._pipeline_start

@@ -7,6 +7,7 @@ wrappers; the rest live one per module beside this file.
 from __future__ import annotations
 
 from onnxpress.passes.cleanup import _wrapped  # noqa: F401  (registers on import)
+from onnxpress.passes.cleanup.dedup_initializers import DeduplicateInitializersPass
 from onnxpress.passes.cleanup.eliminate_casts import EliminateCastsPass
 from onnxpress.passes.cleanup.eliminate_identity import EliminateIdentityPass
 from onnxpress.passes.cleanup.eliminate_noops import EliminateNoopsPass
@@ -19,6 +20,7 @@ from onnxpress.passes.cleanup.infer_shapes import InferShapesPass
 from onnxpress.passes.cleanup.onnxscript_rewrite import OnnxscriptRewritePass
 
 __all__ = [
+    "DeduplicateInitializersPass",
     "EliminateCastsPass",
     "EliminateIdentityPass",
     "EliminateNoopsPass",

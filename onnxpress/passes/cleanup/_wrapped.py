@@ -49,11 +49,6 @@ class _Dce:
 
 wrap_ir_pass("dce", _Dce, "Dead-code elimination: unused nodes, functions and opset imports (onnx_ir).")
 wrap_ir_pass("cse", ir_common.CommonSubexpressionEliminationPass, "Common-subexpression elimination (onnx_ir; subgraphs included).")
-wrap_ir_pass(
-    "dedup-initializers",
-    ir_common.DeduplicateHashedInitializersPass,
-    "Merge initializers with identical dtype, shape and bytes (onnx_ir, hashed; bounded memory).",
-)
 wrap_ir_pass("topo-sort", ir_common.TopologicalSortPass, "Sort nodes topologically (onnx_ir).")
 wrap_ir_pass(
     "lift-constants",
