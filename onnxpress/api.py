@@ -159,10 +159,18 @@ def optimize(
     if dump_dir is not None:
         chain.append(inst.DumpIRInstrument(dump_dir))
     if reproducer_dir is not None:
-        chain.append(inst.ReproducerInstrument(reproducer_dir))
+        flags = f"--verify {mode}"
+        if isinstance(data, (str, os.PathLike)):
+            flags += f" --data {os.fspath(data)}"
+        chain.append(inst.ReproducerInstrument(reproducer_dir, flags=flags))
     chain.extend(instruments)
 
-    before_summary = summarize_model(original, input_path)
+    from onnxpress.ir.shapes import infer_shapes
+
+    shaped = working.clone()  # the input as given has no inner shapes: infer them to count MACs
+    infer_shapes(shaped)
+    before_summary = summarize_model(shaped, input_path)
+    del shaped
     manager = PassManager(passes, instruments=chain)
     with ctx:
         manager(working)

@@ -89,7 +89,7 @@ def build_parser(prog: str = "optimize") -> argparse.ArgumentParser:
     info.add_argument("--list-passes", action="store_true", help="list passes and named pipelines, then exit")
     info.add_argument("--print-pipeline", action="store_true", help="print the full pipeline text, then exit")
     debug = p.add_argument_group("debugging")
-    debug.add_argument("--time-passes", action="store_true", help="show per-pass timing (also in the summary)")
+    debug.add_argument("--time-passes", action="store_true", help="list every pass execution with its time (the summary aggregates by pass)")
     debug.add_argument("--print-ir-after-change", action="store_true", help="print the IR after every pass that changed it")
     debug.add_argument("--dump-dir", metavar="DIR", help="save the model after every pass that changed it")
     debug.add_argument("--reproducer", metavar="DIR", help="on a failure, write the model before the failing pass and a one-pass pipeline")
@@ -182,7 +182,7 @@ def _run(args: argparse.Namespace, console: Any, err: Any) -> int:
     if args.report:
         report.to_json(args.report)
     if not args.quiet:
-        report.render(console, show_timing=True)
+        report.render(console, show_timing=True, per_execution=args.time_passes)
     return EXIT_OK
 
 

@@ -136,10 +136,12 @@ class Report:
         logger.info("wrote report %s", path)
 
     # -- people -----------------------------------------------------------------------------------
-    def render(self, console: Any, *, show_timing: bool = True) -> None:
+    def render(self, console: Any, *, show_timing: bool = True, per_execution: bool = False) -> None:
         """Print the summary, per-pass and fidelity tables on a `rich.console.Console`.
 
-        `show_timing=False` leaves times out, for output that must not change between runs.
+        Passes are aggregated by name (runs, total time, how many runs changed the model, summed
+        counters); `per_execution=True` lists every execution instead. `show_timing=False` leaves
+        times out, for output that must not change between runs.
         """
         from rich.table import Table
 
@@ -168,17 +170,23 @@ class Report:
         if self.passes:
             title = f"passes ({_seconds(self.seconds)} in all)" if show_timing else "passes"
             table = Table(title=title, title_justify="left")
-            table.add_column("#", justify="right")
+            table.add_column("#" if per_execution else "runs", justify="right")
             table.add_column("pass", overflow="fold", max_width=36)
             if show_timing:
                 table.add_column("time", justify="right")
             table.add_column("changed", justify="center")
             table.add_column("stats", overflow="fold", max_width=40)
-            for i, p in enumerate(self.passes):
-                changed = "skipped" if p.get("skipped") else ("yes" if p.get("modified") else "-")
+            rows = list(enumerate(self.passes)) if per_execution else [
+                (p["runs"], p) for p in aggregate_passes(self.passes)
+            ]
+            for first, p in rows:
+                if per_execution:
+                    changed = "skipped" if p.get("skipped") else ("yes" if p.get("modified") else "-")
+                else:
+                    changed = f"{p['changed']}/{p['runs']}" if p["changed"] else "-"
                 stats = " ".join(f"{k}={_short(v)}" for k, v in (p.get("stats") or {}).items())
                 timing = [_seconds(p.get("seconds", 0.0))] if show_timing else []
-                table.add_row(str(i), p.get("text") or p.get("name", "?"), *timing, changed, stats)
+                table.add_row(str(first), p.get("text") or p.get("name", "?"), *timing, changed, stats)
             console.print(table)
 
         if self.fidelity:
@@ -208,6 +216,25 @@ class Report:
         console.print(footer)
         for line in self.diagnostics:
             console.print(f"[yellow]note:[/yellow] {line}", markup=True, highlight=False)
+
+
+def aggregate_passes(passes: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """One row per pass name, in first-run order: runs, changed runs, total seconds, summed stats."""
+    rows: dict[str, dict[str, Any]] = {}
+    for p in passes:
+        if p.get("skipped"):
+            continue
+        row = rows.setdefault(p["name"], {"name": p["name"], "text": p["name"], "runs": 0, "changed": 0,
+                                          "seconds": 0.0, "stats": {}})
+        row["runs"] += 1
+        row["changed"] += bool(p.get("modified"))
+        row["seconds"] += float(p.get("seconds", 0.0))
+        for key, value in (p.get("stats") or {}).items():
+            if isinstance(value, (int, float)) and not isinstance(value, bool):
+                row["stats"][key] = row["stats"].get(key, 0) + value
+            else:
+                row["stats"][key] = value
+    return list(rows.values())
 
 
 def _json_safe(value: Any) -> Any:
