@@ -16,7 +16,7 @@ O2 = (
     "fold-constants,onnxscript-rewrite,eliminate-noops,eliminate-identity,eliminate-casts,"
     "eliminate-transposes,eliminate-reshapes,fold-batchnorm,fuse-conv-bias,fuse-matmul-add,cse,dce"
     "),"
-    "dedup-initializers,dce"
+    "lift-constants,dedup-initializers,dce"
 )
 
 register_pipeline("O0", O0, "load and save only")

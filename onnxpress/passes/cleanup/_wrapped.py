@@ -50,8 +50,15 @@ class _Dce:
 wrap_ir_pass("dce", _Dce, "Dead-code elimination: unused nodes, functions and opset imports (onnx_ir).")
 wrap_ir_pass("cse", ir_common.CommonSubexpressionEliminationPass, "Common-subexpression elimination (onnx_ir; subgraphs included).")
 wrap_ir_pass("topo-sort", ir_common.TopologicalSortPass, "Sort nodes topologically (onnx_ir).")
+@dataclasses.dataclass(frozen=True)
+class _LiftOptions:
+    lift_all_constants: bool = True
+    size_limit: int = 0
+
+
 wrap_ir_pass(
     "lift-constants",
     ir_common.LiftConstantsToInitializersPass,
-    "Turn Constant nodes into initializers (onnx_ir).",
+    "Turn Constant nodes into initializers (onnx_ir); all of them by default, subgraphs included.",
+    _LiftOptions,
 )
