@@ -113,10 +113,8 @@ def optimize(
     if output is not None and input_path is not None and _same_file(input_path, os.fspath(output)):
         raise InputError(f"refusing to overwrite the input model {input_path}; choose another output")
 
-    original = load(model)
-    if isinstance(model, ir.Model):
-        original = model
-    working = original.clone()
+    original = load(model)  # an ir.Model comes back as is; it is never modified
+    working = original.clone()  # weights shared, never written into
     if input_shapes:
         from onnxpress.ir.shapes import set_input_shapes
 
