@@ -83,6 +83,16 @@ def attr_ints(node: ir.Node, name: str) -> list[int] | None:
     return list(attr.as_ints())
 
 
+def unsqueeze_axes(node: ir.Node) -> list[int] | None:
+    """Squeeze/Unsqueeze axes: the attribute (opset < 13) or the constant input; None if neither."""
+    if "axes" in node.attributes:
+        return attr_ints(node, "axes")
+    if len(node.inputs) > 1 and node.inputs[1] is not None:
+        array = const_array(node.inputs[1])
+        return None if array is None else [int(a) for a in array.reshape(-1)]
+    return None
+
+
 def has_ref_attrs(node: ir.Node) -> bool:
     """Attributes referring to a function's attribute parameters are unknown until call time."""
     return any(attr.is_ref() for attr in node.attributes.values())

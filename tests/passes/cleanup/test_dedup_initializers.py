@@ -12,18 +12,18 @@ from onnxpress.passes import PassManager
 from tests.util import assert_same_outputs
 
 
-def _model(weights: dict[str, np.ndarray], graph_input_weight: str | None = None) -> onnx.ModelProto:
+def _model(weights: dict[str, np.ndarray], graph_input_weight: str | None = None, dim: int = 4) -> onnx.ModelProto:
     names = list(weights)
     nodes, prev = [], "x"
     for i, name in enumerate(names):
         out = "y" if i == len(names) - 1 else f"h{i}"
         nodes.append(helper.make_node("MatMul", [prev, name], [out]))
         prev = out
-    inputs = [helper.make_tensor_value_info("x", onnx.TensorProto.FLOAT, [2, 4])]
+    inputs = [helper.make_tensor_value_info("x", onnx.TensorProto.FLOAT, [2, dim])]
     if graph_input_weight:
-        inputs.append(helper.make_tensor_value_info(graph_input_weight, onnx.TensorProto.FLOAT, [4, 4]))
+        inputs.append(helper.make_tensor_value_info(graph_input_weight, onnx.TensorProto.FLOAT, [dim, dim]))
     graph = helper.make_graph(
-        nodes, "g", inputs, [helper.make_tensor_value_info("y", onnx.TensorProto.FLOAT, [2, 4])],
+        nodes, "g", inputs, [helper.make_tensor_value_info("y", onnx.TensorProto.FLOAT, [2, dim])],
         [numpy_helper.from_array(w, n) for n, w in weights.items()],
     )
     model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
@@ -72,3 +72,16 @@ def test_leaves_graph_input_initializers_and_unique_weights_alone():
     assert not PassManager.from_pipeline("dedup-initializers")(model).modified
     model = load(_model({"a": w["a"], "b": w["b"]}))
     assert not PassManager.from_pipeline("dedup-initializers")(model).modified
+
+
+
+def test_weights_equal_at_both_ends_but_different_inside_are_kept_apart():
+    rng = np.random.default_rng(3)
+    a = rng.standard_normal((256, 256)).astype(np.float32)  # 256 KiB: more than the two 64 KiB ends
+    b = a.copy()
+    b[128, 7] += 1.0  # same first and last 64 KiB, different middle
+    model = load(_model({"a": a, "b": b, "a2": a.copy()}, dim=256))
+    pm = PassManager.from_pipeline("dedup-initializers")
+    pm(model)
+    assert pm.records[0].stats["merged"] == 1
+    assert sorted(model.graph.initializers) == ["a", "b"]
