@@ -13,8 +13,8 @@ O1 = "fold-constants,eliminate-noops,eliminate-identity,cse,dce"
 O2 = (
     "infer-shapes,"
     "fixpoint{max-iters=4}("
-    "fold-constants,onnxscript-rewrite,eliminate-noops,eliminate-identity,eliminate-casts,"
-    "eliminate-transposes,eliminate-reshapes,fold-batchnorm,fuse-conv-bias,fuse-matmul-add,cse,dce"
+    "fold-constants,fold-shapes,onnxscript-rewrite,eliminate-noops,eliminate-identity,eliminate-casts,"
+    "eliminate-transposes,eliminate-reshapes,merge-unsqueezes,fold-batchnorm,fuse-conv-bias,fuse-matmul-add,cse,dce"
     "),"
     "lift-constants,dedup-initializers,dce"
 )

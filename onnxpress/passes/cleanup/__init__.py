@@ -14,9 +14,11 @@ from onnxpress.passes.cleanup.eliminate_noops import EliminateNoopsPass
 from onnxpress.passes.cleanup.eliminate_reshapes import EliminateReshapesPass
 from onnxpress.passes.cleanup.eliminate_transposes import EliminateTransposesPass
 from onnxpress.passes.cleanup.fold_batchnorm import FoldBatchNormPass
+from onnxpress.passes.cleanup.fold_shapes import FoldShapesPass
 from onnxpress.passes.cleanup.fuse_conv_bias import FuseConvBiasPass
 from onnxpress.passes.cleanup.fuse_matmul_add import FuseMatMulAddPass
 from onnxpress.passes.cleanup.infer_shapes import InferShapesPass
+from onnxpress.passes.cleanup.merge_unsqueezes import MergeUnsqueezesPass
 from onnxpress.passes.cleanup.onnxscript_rewrite import OnnxscriptRewritePass
 
 __all__ = [
@@ -27,8 +29,10 @@ __all__ = [
     "EliminateReshapesPass",
     "EliminateTransposesPass",
     "FoldBatchNormPass",
+    "FoldShapesPass",
     "FuseConvBiasPass",
     "FuseMatMulAddPass",
     "InferShapesPass",
+    "MergeUnsqueezesPass",
     "OnnxscriptRewritePass",
 ]

@@ -73,6 +73,12 @@ class ShapeValues:
 
     # -- per op ------------------------------------------------------------------------------
     def _compute(self, value: ir.Value) -> tuple[list[Element], bool] | None:
+        # Decide from the type first: reading a large weight only to reject it would be wasteful.
+        if value.dtype is not None and value.dtype not in _INT_TYPES:
+            return None
+        known = u.dims(value)
+        if known is not None and (len(known) > 1 or (known and (known[0] or 0) > MAX_LENGTH)):
+            return None
         array = u.const_array(value)
         if array is not None:
             if array.dtype.kind not in "iu" or array.ndim > 1 or array.size > MAX_LENGTH:

@@ -46,6 +46,8 @@ def _nonzero_keys(node: ir.Node) -> set[Element]:
             stack.append(producer)
             if not u.is_onnx_op(producer, "Reshape") or u.attr_int(producer, "allowzero", 0):
                 continue
+            if len(producer.inputs) < 2:
+                continue
             target, data = u.const_array(producer.inputs[1]), producer.inputs[0]
             if target is None or target.ndim != 1 or -1 not in target or data is None:
                 continue
@@ -114,7 +116,7 @@ def _rebased_target(node: ir.Node, elements: list[Element]) -> tuple[ir.Value, l
 class FoldShapesPass(Pass):
     """Fold shape computations that shape inference can see through.
 
-    Applies (main graph and subgraphs, default domain) to:
+    Applies (main graph and its subgraphs, default domain) to:
 
     * a `Shape`/`Gather`/`Slice`/`Concat`/`Cast`/`Unsqueeze`/`Squeeze` result whose every element
       is a static dim or a constant: replaced by that constant (e.g. `Gather(Shape(x), 1)` with
@@ -147,9 +149,8 @@ class FoldShapesPass(Pass):
         stats = {"folded": 0, "reshapes": 0, "constant-of-shape": 0}
         for _ in range(self.options.max_rounds):
             changed = 0
-            for graph in list(u.all_graphs(model)):
-                if isinstance(graph, ir.Graph):
-                    changed += self._round(graph, names, stats)
+            for graph in [model.graph, *model.graph.subgraphs()]:
+                changed += self._round(graph, names, stats)
             if not changed:
                 break
             InferShapesPass().run(model, am)

@@ -38,7 +38,8 @@ class MergeUnsqueezesPass(Pass):
 
     Applies when both axes are constant (attribute before opset 13, input from 13 on) and x's rank
     is known (run `infer-shapes` first). The inner Unsqueeze stays while something else uses it.
-    Main graph and subgraphs (opset >= 13 needs a new constant, so functions only below 13).
+    Main graph and subgraphs; model-local functions only below opset 13 (from 13 on the axes are
+    a new constant, which a function could only hold as a Constant node).
     """
 
     name = "merge-unsqueezes"
@@ -47,9 +48,9 @@ class MergeUnsqueezesPass(Pass):
         opset = u.default_opset(model)
         names = u.NameScope(model)
         merged = 0
-        for graph in list(u.all_graphs(model)):
-            if opset >= 13 and not isinstance(graph, ir.Graph):
-                continue
+        # From opset 13 the merged axes are a new initializer: only graphs outside functions.
+        graphs = [model.graph, *model.graph.subgraphs()] if opset >= 13 else list(u.all_graphs(model))
+        for graph in graphs:
             for node in list(graph):
                 if not u.is_onnx_op(node, "Unsqueeze") or node.inputs[0] is None or u.has_ref_attrs(node):
                     continue
