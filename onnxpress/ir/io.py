@@ -17,11 +17,11 @@ import logging
 import os
 import tempfile
 from collections.abc import Iterator
+from typing import Any
 
 import onnx
 import onnx_ir as ir
 from google.protobuf.message import DecodeError
-from onnx_ir import external_data as ir_external_data
 
 from onnxpress.errors import InputError
 from onnxpress.ir.graph import all_graphs
@@ -368,15 +368,12 @@ def _prepared_tensors(
         tmp_data = None
         if big:
             tmp_data = _temporary(folder, data_name, temporaries)
-            written = ir_external_data.convert_tensors_to_external(
-                [v.const_value for v in big], base_dir=folder, relative_path=os.path.basename(tmp_data)
-            )
-            with open(tmp_data, "r+b") as f:
-                os.fsync(f.fileno())
-            for value, ext in zip(big, written, strict=True):
-                restore_values.append((value, value.const_value))
+            regions = _write_data_file(tmp_data, [v.const_value for v in big])
+            for value, (offset, length) in zip(big, regions, strict=True):
+                tensor = value.const_value
+                restore_values.append((value, tensor))
                 value.const_value = ir.ExternalTensor(
-                    data_name, ext.offset, ext.length, ext.dtype, shape=ext.shape, name=ext.name, base_dir=folder
+                    data_name, offset, length, tensor.dtype, shape=tensor.shape, name=tensor.name, base_dir=folder
                 )
         yield tmp_data
     finally:
@@ -384,6 +381,59 @@ def _prepared_tensors(
             value.const_value = tensor
         for node, name, attr in restore_attrs:
             node.attributes[name] = attr
+
+
+_COPY_CHUNK = 64 << 20
+
+
+def _write_data_file(path: str, tensors: list[ir.TensorProtocol]) -> list[tuple[int, int]]:
+    """Write tensors back to back into `path`, fsync it, return each one's (offset, length).
+
+    Weights still memory-mapped from the input's data file are copied file-to-file by the kernel
+    (`os.copy_file_range`), without passing through this process's memory; others are written
+    with their own `tofile`.
+    """
+    regions: list[tuple[int, int]] = []
+    with open(path, "wb") as out:
+        offset = 0
+        for tensor in tensors:
+            length = tensor.nbytes
+            if isinstance(tensor, ir.ExternalTensor) and not _copy_region(tensor, out, offset, length):
+                out.seek(offset)
+                tensor.tofile(out)
+            elif not isinstance(tensor, ir.ExternalTensor):
+                out.seek(offset)
+                if hasattr(tensor, "tofile"):
+                    tensor.tofile(out)
+                else:
+                    out.write(tensor.tobytes())
+            regions.append((offset, length))
+            offset += length
+        out.flush()
+        os.fsync(out.fileno())
+    return regions
+
+
+def _copy_region(tensor: ir.ExternalTensor, out: Any, offset: int, length: int) -> bool:
+    """Kernel-side copy of an external tensor's bytes; False when the platform cannot."""
+    copy = getattr(os, "copy_file_range", None)
+    if copy is None or length == 0:
+        return False
+    out.flush()
+    with open(tensor.path, "rb") as src:
+        src_offset, dst_offset, remaining = tensor.offset or 0, offset, length
+        try:
+            while remaining > 0:
+                n = copy(src.fileno(), out.fileno(), min(remaining, _COPY_CHUNK), src_offset, dst_offset)
+                if n <= 0:
+                    return False
+                src_offset += n
+                dst_offset += n
+                remaining -= n
+        except OSError:
+            return False
+    out.seek(offset + length)
+    return True
 
 
 def _in_memory(tensor: ir.ExternalTensor) -> ir.Tensor:

@@ -168,13 +168,13 @@ def test_failed_save_keeps_old_output_and_leaves_no_temporaries(model, tmp_path,
     assert (path.read_bytes(), (tmp_path / "m.onnx.data").read_bytes()) == before
 
     # failure while writing external data
-    def fail_writing(tensors, base_dir, relative_path, **kwargs):
-        with open(os.path.join(base_dir, relative_path), "wb") as f:
+    def fail_writing(path, tensors):
+        with open(path, "wb") as f:
             f.write(b"partial")
         raise OSError("no space left (simulated)")
 
     with monkeypatch.context() as patch:
-        patch.setattr(io.ir_external_data, "convert_tensors_to_external", fail_writing)
+        patch.setattr(io, "_write_data_file", fail_writing)
         with pytest.raises(InputError, match="no space left"):
             io.save(other, path, external_data=True, threshold_bytes=0)
     assert _files(tmp_path) == ["m.onnx", "m.onnx.data"]
