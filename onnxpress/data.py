@@ -388,8 +388,8 @@ class _RandomSource(FeedSource):
                 if dtype.kind == "b":
                     feed[spec.name] = rng.integers(0, 2, shape).astype(np.bool_)
                 elif dtype.kind in "iu":
-                    # small non-negative ints: safe as indices, as shapes and as token ids
-                    feed[spec.name] = rng.integers(0, 4, shape).astype(dtype)
+                    # 0 or 1: valid as indices into any table, as masks, token types and token ids
+                    feed[spec.name] = rng.integers(0, 2, shape).astype(dtype)
                 else:
                     feed[spec.name] = rng.standard_normal(shape).astype(np.float32).astype(dtype)
             yield feed

@@ -194,6 +194,8 @@ def node_cost(node: ir.Node) -> NodeCost:
 def model_cost(model: ir.Model) -> ModelCost:
     """Totals over every node (subgraph nodes included) and every initializer, counted once.
 
+    Parameters are the elements of every initializer and of every tensor-valued Constant node.
+
     Calls to model-local functions count as one node each; their bodies are not expanded.
     """
     nodes = macs = 0
@@ -222,4 +224,13 @@ def model_cost(model: ir.Model) -> ModelCost:
             seen.add(id(tensor))
             params += tensor.size
             param_bytes += tensor.nbytes
+    # Exporters such as paddle2onnx store weights as Constant nodes: they are parameters too.
+    for node in ir.traversal.RecursiveGraphIterator(model.graph):
+        if node.op_type == "Constant" and node.domain in ("", "ai.onnx"):
+            attr = node.attributes.get("value")
+            tensor = attr.value if attr is not None and attr.type == ir.AttributeType.TENSOR else None
+            if tensor is not None and id(tensor) not in seen:
+                seen.add(id(tensor))
+                params += tensor.size
+                param_bytes += tensor.nbytes
     return ModelCost(nodes=nodes, params=params, param_bytes=param_bytes, macs=macs, exact=exact, by_op=by_op)

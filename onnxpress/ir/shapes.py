@@ -58,7 +58,7 @@ def set_input_shapes(model: ir.Model, shapes: dict[str, list[int]]) -> None:
                     f"--input-shape {name}: rank {len(dims)} given, but the input has rank {len(value.shape)}"
                 )
             for axis, (old, new) in enumerate(zip(value.shape, dims)):
-                if isinstance(old, int) and old != new:
+                if isinstance(old, int) and old >= 0 and old != new:  # -1: exporters' "unknown"
                     raise InputError(f"--input-shape {name}: dim {axis} is fixed to {old}, cannot set it to {new}")
         updates.append((value, ir.Shape(dims)))
     for value, shape in updates:

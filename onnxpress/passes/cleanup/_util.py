@@ -216,7 +216,7 @@ class NameScope:
 
 def new_initializer(graph: ir.Graph, names: NameScope, base: str, array: np.ndarray) -> ir.Value:
     """Register a NEW initializer holding `array` (never writes into an existing buffer)."""
-    tensor = ir.Tensor(np.ascontiguousarray(array))
+    tensor = ir.Tensor(np.array(array, order="C"))  # np.ascontiguousarray would turn a scalar into [1]
     value = ir.Value(
         name=names.fresh(base),
         type=ir.TensorType(tensor.dtype),

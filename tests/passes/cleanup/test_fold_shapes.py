@@ -166,3 +166,23 @@ def test_known_zero_is_not_moved_to_another_input():
     reshape = [n for n in model.graph if n.op_type == "Reshape"][-1]
     assert reshape.inputs[0].name == "flat"
     assert np.array_equal(target_of(model), [0, 3])
+
+
+def test_scalar_shape_values_fold_to_scalar_initializers():
+    """A folded 0-d shape value keeps rank 0 (np.ascontiguousarray would make it [1])."""
+    text = """
+    <ir_version: 8, opset_import: ["" : 17]>
+    g (float[2,5] x) => (float[2,5] y) {
+        s = Shape(x)
+        i = Constant<value = int64 {1}>()
+        n = Gather(s, i)
+        f = Cast<to = 1>(n)
+        y = Add(x, f)
+    }
+    """
+    from onnxpress.ir import verify_structure
+
+    model, result = apply("infer-shapes,fold-shapes", text)
+    assert result.modified
+    assert verify_structure(model) == []
+    assert all(len(v.shape) == v.const_value.numpy().ndim for v in model.graph.initializers.values())
