@@ -41,6 +41,27 @@ def register_shorthand(shorthand: Shorthand) -> Shorthand:
     return shorthand
 
 
+def _prune_fragment(value: str, args: argparse.Namespace) -> str:
+    try:
+        ratio = float(value)
+    except ValueError:
+        ratio = -1.0
+    if not 0.0 <= ratio < 1.0:
+        from onnxpress.errors import InputError
+
+        raise InputError(f"--prune {value}: expected a fraction in [0, 1), e.g. --prune 0.3")
+    options = f"ratio={value}" + (" reconstruct=true" if args.data else "")
+    return "prune-channels{" + options + "}"
+
+
+register_shorthand(Shorthand(
+    "--prune", "RATIO",
+    "remove this fraction of the prunable channels (L2 importance, uniform per group; the next layers "
+    "are refitted on --data when given): prune-channels{ratio=RATIO}",
+    _prune_fragment,
+))
+
+
 class _Parser(argparse.ArgumentParser):
     def error(self, message: str) -> None:  # one line, exit 2
         self.exit(EXIT_USAGE, f"{self.prog}: error: {message} (see --help)\n")
