@@ -257,3 +257,18 @@ def test_subgraphs_and_functions_are_handled(tmp_path, capsys, text):
     for fid in report["fidelity"].values():
         assert fid["max_abs_error"] <= 1e-6
     onnx.checker.check_model(onnx.load(str(tmp_path / "m.opt.onnx")), full_check=True)
+
+
+def test_prune_shorthand_on_the_example(example, capsys):
+    report = example / "r.json"
+    code = optimize_main([str(example / "tiny_resnet.onnx"), "--prune", "0.25", "--report", str(report),
+                          "--input-shape", "input:1x3x32x32", "--verify", "numeric"])
+    assert code == 0, capsys.readouterr().err
+    data = json.loads(report.read_text())
+    assert "prune-channels{ratio=0.25}" in data["pipeline"]
+    assert data["after"]["params"] < 0.8 * data["before"]["params"]
+    assert data["after"]["macs"] < 0.8 * data["before"]["macs"]
+    prune = [p for p in data["passes"] if p["name"] == "prune-channels"][0]
+    assert prune["stats"]["channels_removed"] > 0
+    onnx.checker.check_model(onnx.load(str(example / "tiny_resnet.opt.onnx")), full_check=True)
+    assert optimize_main([str(example / "tiny_resnet.onnx"), "--prune", "1.5"]) == 2
