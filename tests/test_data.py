@@ -194,8 +194,10 @@ def test_folder_reads_one_sample_at_a_time(tmp_path, image_model, monkeypatch):
         np.save(folder / "ids.npy", ids[i])
     source = load_data(str(tmp_path), image_model)
     reads = []
-    real = data._read_tensor_file
-    monkeypatch.setattr(data, "_read_tensor_file", lambda path, specs: reads.append(path) or real(path, specs))
+    from onnxpress import _data_files
+
+    real = _data_files.read_tensor_file
+    monkeypatch.setattr(_data_files, "read_tensor_file", lambda path, specs: reads.append(path) or real(path, specs))
     iterator = source.feeds()
     next(iterator)
     assert len(reads) == 2  # one sample's files, not all of them
