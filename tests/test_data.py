@@ -309,3 +309,16 @@ def test_unsupported_spec_type(image_model):
     with pytest.raises(InputError, match="cannot use a int as data"):
         load_data(3, image_model)  # type: ignore[arg-type]
 
+
+
+def test_npz_scalar_input_gives_0d_feeds(tmp_path):
+    model = model_from_text(
+        """<ir_version: 8, opset_import: ["" : 17]>
+        g (float s, float[3] x) => (float[3] y) { y = Mul(x, s) }"""
+    )
+    path = tmp_path / "d.npz"
+    np.savez(path, s=np.array([1.0, 2.0, 3.0], np.float32), x=np.ones((3, 3), np.float32))
+    feeds = list(load_data(str(path), model).feeds())
+    assert len(feeds) == 3
+    assert feeds[1]["s"].shape == () and float(feeds[1]["s"]) == 2.0
+    assert feeds[1]["x"].shape == (3,)
