@@ -10,6 +10,7 @@ from onnxpress.passes.pruning.dependency import (
 from onnxpress.passes.pruning.importance import SCORERS, register_scorer, score_classes
 from onnxpress.passes.pruning.plan import PruningPlan, apply_pruning, replay_plan, select_classes
 from onnxpress.passes.pruning.prune_channels import PrintPruningGroupsPass, PruneChannelsPass
+from onnxpress.passes.pruning.prune_heads import PruneHeadsPass
 
 __all__ = [
     "ChannelDependencies",

@@ -136,6 +136,8 @@ class ChannelDependencies:
         #: element sets of which at least one must survive (a Split piece, for example)
         self.require_nonempty: list[np.ndarray] = []
         self.coupling = nx.Graph()
+        #: the analysis option it was built with (a recorded plan keeps it for replaying)
+        self.allow_lossy_norms = False
 
     # -- elements ------------------------------------------------------------------------------
     def new_elements(self, n: int, label: str, node: ir.Node | None, *, producer: bool) -> np.ndarray:
@@ -268,6 +270,7 @@ class ChannelDependencyAnalysis(Analysis):
         from onnxpress.passes.pruning import handlers
 
         deps = ChannelDependencies(model)
+        deps.allow_lossy_norms = self.allow_lossy_norms
         graph = model.graph
         ctx = handlers.HandlerContext(deps, model, allow_lossy_norms=self.allow_lossy_norms)
         for node in graph:

@@ -109,23 +109,26 @@ class HandlerContext:
     def name(self, node: ir.Node) -> str:
         return f"{node.op_type} '{node.name or (node.outputs[0].name if node.outputs else '?')}'"
 
-    def new_int_input(self, node: ir.Node, index: int, array: np.ndarray, base: str) -> None:
-        """Give `node` a new constant int64 initializer as input `index` (the old one may be shared)."""
+    def new_int_input(self, node: ir.Node, index: int, array: np.ndarray, base: str, dtype: Any = np.int64) -> None:
+        """Give `node` a new constant integer initializer as input `index` (the old one may be
+        shared, so it is never edited; it is dropped when nothing reads it any more)."""
         name = base
         k = 0
         while name in self.graph.initializers:
             k += 1
             name = f"{base}_{k}"
-        value = ir.Value(name=name, const_value=ir.tensor(np.asarray(array, dtype=np.int64), name=name))
+        tensor = ir.tensor(np.asarray(array, dtype=dtype), name=name)
+        value = ir.Value(name=name, const_value=tensor)
         value.shape = ir.Shape(list(np.asarray(array).shape))
-        value.type = ir.TensorType(ir.DataType.INT64)
+        value.type = ir.TensorType(tensor.dtype)
         self.graph.register_initializer(value)
-        if index < len(node.inputs):
-            node.replace_input_with(index, value)
-        else:
-            inputs = list(node.inputs) + [None] * (index - len(node.inputs)) + [value]
-            node.resize_inputs(len(inputs))
-            node.replace_input_with(index, value)
+        old = node.inputs[index] if index < len(node.inputs) else None
+        if index >= len(node.inputs):
+            node.resize_inputs(index + 1)
+        node.replace_input_with(index, value)
+        if (old is not None and not old.uses() and not old.is_graph_output() and id(old) not in self._graph_inputs
+                and self.graph.initializers.get(old.name) is old):
+            self.graph.initializers.pop(old.name)  # the replaced constant is read by nothing else
 
     # -- after the walk ------------------------------------------------------------------------
     def check_member_uses(self) -> None:
@@ -147,7 +150,13 @@ class HandlerContext:
             by_axis: dict[int, list] = defaultdict(list)
             for m in members:
                 by_axis[m.axis].append(m)
-            for same_axis in by_axis.values():
+            for axis, same_axis in by_axis.items():
+                # Every reader must see the sliced axis as channels it prunes too: a second Conv
+                # fed by a graph input would otherwise get a weight narrower than its input.
+                readers = {id(m.node) for m in same_axis}
+                if users - readers:
+                    self.freeze(np.concatenate([m.elements for m in same_axis]),
+                                f"weight '{value.name}' axis {axis} is shared with a layer whose channels are not tracked")
                 for other in same_axis[1:]:
                     self.deps.unify(same_axis[0].elements, other.elements, f"shared weight '{value.name}'")
 
@@ -166,6 +175,11 @@ def handle(ctx: HandlerContext, node: ir.Node) -> None:
             ctx.freeze_inputs(node, f"{node.op_type} is not understood by the pruning rules")
         return
     fn(ctx, node)
+    if fn not in (_broadcasting, _concat):
+        # Only n-ary elementwise ops and Concat reason about channels beyond their first input:
+        # anywhere else a tracked value in a parameter slot (a dynamic weight, bias, scale) stays.
+        for v in node.inputs[1:]:
+            ctx.deps.freeze_value(v, f"{ctx.name(node)} reads it as a parameter")
 
 
 def _has_subgraph(node: ir.Node) -> bool:
@@ -193,6 +207,7 @@ def _bias(ctx: HandlerContext, node: ir.Node, index: int, out: np.ndarray) -> No
     arr = ctx.initializer(b)
     if arr is None or arr.ndim != 1 or arr.shape[0] != len(out):
         ctx.freeze(out, f"{ctx.name(node)}: bias is not a constant vector")
+        ctx.deps.freeze_value(b, f"{ctx.name(node)}: bias is not a constant vector")
     else:
         ctx.member(b, 0, out, node, "bias")
 
@@ -204,8 +219,7 @@ def _conv(ctx: HandlerContext, node: ir.Node) -> None:
     xs = ctx.slot(x)
     y = node.outputs[0]
     if weight is None:
-        if xs is not None:
-            ctx.freeze(xs.elements, f"{ctx.name(node)}: weight is not a constant")
+        ctx.freeze_inputs(node, f"{ctx.name(node)}: weight is not a constant")
         return
     if xs is not None and xs.axis != 1:
         ctx.freeze(xs.elements, f"{ctx.name(node)}: channels arrive on axis {xs.axis}, not 1")
@@ -252,8 +266,7 @@ def _conv_transpose(ctx: HandlerContext, node: ir.Node) -> None:
     group = int(ctx.attr(node, "group", 1))
     if weight is None or group != 1:
         reason = f"{ctx.name(node)}: " + ("weight is not a constant" if weight is None else f"group={group}")
-        if xs is not None:
-            ctx.freeze(xs.elements, reason)
+        ctx.freeze_inputs(node, reason)
         if weight is not None:
             ctx.set_slot(y, 1, ctx.deps.untracked(weight.shape[1] * group, f"{ctx.name(node)} out", reason))
         return
@@ -356,7 +369,7 @@ def _channel_params(ctx: HandlerContext, node: ir.Node, params: list[ir.Value | 
     values = [p for p in params if p is not None]
     arrays = [ctx.initializer(p) for p in values]
     if any(a is None or a.ndim != 1 or a.shape[0] != len(xs) for a in arrays):
-        ctx.freeze(xs.elements, f"{ctx.name(node)}: parameters are not constant per-channel vectors")
+        ctx.freeze_inputs(node, f"{ctx.name(node)}: parameters are not constant per-channel vectors")
         return False
     for p in values:
         ctx.member(p, 0, xs.elements, node, "norm-param")
@@ -401,7 +414,24 @@ def _layer_norm(ctx: HandlerContext, node: ir.Node) -> None:
 
 @rule("GroupNormalization")
 def _group_norm(ctx: HandlerContext, node: ir.Node) -> None:
-    ctx.freeze_inputs(node, f"{ctx.name(node)}: channel groups must stay uniform")
+    """With one channel per group (num_groups == C) it is an InstanceNormalization: channels are
+    independent, `num_groups` follows the kept count. Larger groups must stay uniform: frozen."""
+    xs = ctx.slot(node.inputs[0])
+    if xs is None:
+        return
+    groups = int(ctx.attr(node, "num_groups", 0))
+    if xs.axis != 1 or groups != len(xs):
+        ctx.freeze(xs.elements, f"{ctx.name(node)}: channel groups must stay uniform (num_groups={groups})")
+        return
+    if not _channel_params(ctx, node, list(node.inputs[1:3]), xs):
+        return
+    elements = xs.elements
+
+    def set_groups(keep: Callable[[np.ndarray], np.ndarray], node: ir.Node = node) -> None:
+        node.attributes["num_groups"] = ir.AttrInt64("num_groups", int(keep(elements).sum()))
+
+    ctx.deps.add_action(node, "num_groups = kept channels", set_groups)
+    ctx.set_slot(node.outputs[0], 1, elements)
 
 
 # ----------------------------------------------------------------------------------------------
@@ -499,21 +529,47 @@ def _pool(ctx: HandlerContext, node: ir.Node) -> None:
 
 @rule("Resize", "Upsample")
 def _resize(ctx: HandlerContext, node: ir.Node) -> None:
+    """Channels pass when their scale is a constant 1 or their target size is C (then rewritten)."""
     xs = ctx.slot(node.inputs[0])
     if xs is None:
         return
-    inputs = list(node.inputs)
+    inputs = list(node.inputs) + [None] * 4
     if node.op_type == "Upsample" or ctx.opset < 11:
-        scales = ctx.const(inputs[1]) if len(inputs) > 1 else None
-        sizes = None
+        scales_v, sizes_v = inputs[1], None
     else:
-        scales = ctx.const(inputs[2]) if len(inputs) > 2 and inputs[2] is not None else None
-        sizes = inputs[3] if len(inputs) > 3 else None
-    axes = ctx.attr(node, "axes", None)
-    if sizes is not None or axes is not None:
-        ctx.freeze(xs.elements, f"{ctx.name(node)}: resizes by explicit sizes")
+        scales_v, sizes_v = inputs[2], inputs[3]
+    scales = ctx.const(scales_v) if scales_v is not None else None
+    sizes = ctx.const(sizes_v) if sizes_v is not None else None
+    if (scales_v is not None and scales is None) or (sizes_v is not None and sizes is None):
+        ctx.freeze(xs.elements, f"{ctx.name(node)}: scales or sizes not constant")
         return
-    if scales is None or scales.size == 0 or xs.axis >= scales.size or float(scales[xs.axis]) != 1.0:
+    if ctx.attr(node, "coordinate_transformation_mode", "") == "tf_crop_and_resize":
+        ctx.freeze(xs.elements, f"{ctx.name(node)}: crops by a region of interest")
+        return
+    axes = ctx.attr(node, "axes", None)
+    r = ctx.rank(node.inputs[0])
+    if axes is not None and r is None:
+        ctx.freeze(xs.elements, f"{ctx.name(node)}: rank unknown")
+        return
+    positions = [int(a) % r for a in axes] if axes is not None else None  # type: ignore[operator]
+    if positions is not None and xs.axis not in positions:
+        ctx.set_slot(node.outputs[0], xs.axis, xs.elements)
+        return
+    index = positions.index(xs.axis) if positions is not None else xs.axis
+    if sizes is not None and sizes.size:
+        sizes = sizes.reshape(-1)
+        if index >= sizes.size or int(sizes[index]) != len(xs):
+            ctx.freeze(xs.elements, f"{ctx.name(node)}: resizes the channel axis")
+            return
+        elements, dtype = xs.elements, sizes.dtype
+
+        def rewrite(keep: Callable[[np.ndarray], np.ndarray], node: ir.Node = node) -> None:
+            new = ctx.const(node.inputs[3]).reshape(-1).copy()
+            new[index] = int(keep(elements).sum())
+            ctx.new_int_input(node, 3, new, f"{node.inputs[3].name}_pruned", dtype)
+
+        ctx.deps.add_action(node, f"sizes[{index}] = kept channels", rewrite)
+    elif scales is None or scales.size == 0 or index >= scales.size or float(scales.reshape(-1)[index]) != 1.0:
         ctx.freeze(xs.elements, f"{ctx.name(node)}: channel scale is not a constant 1")
         return
     ctx.set_slot(node.outputs[0], xs.axis, xs.elements)
@@ -693,6 +749,36 @@ def _product(dims: list[int | str | None]) -> tuple[int, tuple[str, ...]] | None
     return known, tuple(sorted(symbols))
 
 
+def _reshape_channel_axis(d_in: list, d_out: list, c: int, n: int) -> tuple[int, int] | None:
+    """(output axis j, repeat s) when the n channels on input axis c land on output axis j, alone
+    (s = 1) or merged with the s positions of the static dims right after them; else None.
+
+    Several output axes can have the same leading product when dims of size 1 surround the
+    channels ([1, C, H, W] -> [1, C*H*W]): each candidate is tried in turn."""
+    before = _product(d_in[:c])
+    if before is None:
+        return None
+    after_in = _product(d_in[c + 1 :])
+    for j in range(len(d_out)):
+        p = _product(d_out[:j])
+        if p is None:
+            return None
+        if p != before:
+            continue
+        out_dim, after_out = d_out[j], _product(d_out[j + 1 :])
+        if after_in is None or after_out is None:
+            return None
+        if out_dim == n and after_in == after_out:
+            return j, 1
+        if isinstance(out_dim, int) and out_dim % n == 0:
+            for m in range(1, len(d_in) - c):  # channels merged with the first m dims after them
+                merged = _product(d_in[c + 1 : c + 1 + m])
+                rest = _product(d_in[c + 1 + m :])
+                if merged is not None and not merged[1] and merged[0] * n == out_dim and rest == after_out:
+                    return j, merged[0]
+    return None
+
+
 @rule("Reshape")
 def _reshape(ctx: HandlerContext, node: ir.Node) -> None:
     """Follow channels through a Reshape whose target is constant:
@@ -710,35 +796,14 @@ def _reshape(ctx: HandlerContext, node: ir.Node) -> None:
         ctx.freeze(xs.elements, f"{ctx.name(node)}: target shape not constant or shapes unknown")
         return
     c = xs.axis
-    before = _product(d_in[:c])
-    j = None
-    for i in range(len(d_out) + 1):
-        p = _product(d_out[:i])
-        if p is None:
-            break
-        if p == before:
-            j = i
-            break
-    if before is None or j is None or j >= len(d_out):
-        ctx.freeze(xs.elements, f"{ctx.name(node)} moves the channels across leading dims")
-        return
     n = len(xs)
-    out_dim = d_out[j]
-    after_in = _product(d_in[c + 1 :])
-    after_out = _product(d_out[j + 1 :])
-    s = None
-    if out_dim == n and after_in == after_out:
-        s = 1
-    elif isinstance(out_dim, int) and out_dim % n == 0 and after_in is not None and after_out is not None:
-        # channels merged with the first m dims after them
-        for m in range(1, len(d_in) - c):
-            merged = _product(d_in[c + 1 : c + 1 + m])
-            rest = _product(d_in[c + 1 + m :])
-            if merged is not None and not merged[1] and merged[0] * n == out_dim and rest == after_out:
-                s = merged[0]
-                break
-    if s is None:
+    found = _reshape_channel_axis(d_in, d_out, c, n)
+    if found is None:
         ctx.freeze(xs.elements, f"{ctx.name(node)} splits or regroups the channels")
+        return
+    j, s = found
+    if any(int(t) == 0 and k == c != j for k, t in enumerate(target)):
+        ctx.freeze(xs.elements, f"{ctx.name(node)}: target copies the channel count to another axis")
         return
     if int(target[j]) == 0 and (j != c or s != 1 or int(ctx.attr(node, "allowzero", 0))):
         ctx.freeze(xs.elements, f"{ctx.name(node)}: target copies a dim that pruning would not change")
@@ -842,56 +907,117 @@ def _split(ctx: HandlerContext, node: ir.Node) -> None:
 
 @rule("Slice")
 def _slice(ctx: HandlerContext, node: ir.Node) -> None:
+    """Slicing other axes passes the channels through. A step-1 slice of the channel axis keeps a
+    contiguous range of them: its starts/ends are rewritten to the kept range after pruning."""
     xs = ctx.slot(node.inputs[0])
     if xs is None:
         return
     r = ctx.rank(node.inputs[0])
-    if ctx.opset >= 10:
-        axes_v = node.inputs[3] if len(node.inputs) > 3 else None
-        axes = ctx.const(axes_v) if axes_v is not None else None
-        starts = ctx.const(node.inputs[1])
-        if (axes_v is not None and axes is None) or starts is None:
-            ctx.freeze(xs.elements, f"{ctx.name(node)}: slice parameters not constant")
-            return
-        axes = list(axes.reshape(-1)) if axes is not None else list(range(len(starts)))
-    else:
-        axes = ctx.attr(node, "axes", None) or list(range(len(ctx.attr(node, "starts", []))))
-    if r is None or xs.axis in [int(a) % r for a in axes]:
-        ctx.freeze(xs.elements, f"{ctx.name(node)} slices the channel axis")
+    params = _slice_params(ctx, node)
+    if r is None or params is None:
+        ctx.freeze(xs.elements, f"{ctx.name(node)}: slice parameters not constant or rank unknown")
         return
-    ctx.set_slot(node.outputs[0], xs.axis, xs.elements)
+    starts, ends, axes, steps = params
+    on_channels = [i for i, a in enumerate(axes) if int(a) % r == xs.axis]
+    if not on_channels:
+        ctx.set_slot(node.outputs[0], xs.axis, xs.elements)
+        return
+    i = on_channels[0]
+    n = len(xs)
+    lo, hi = _clamp(int(starts[i]), n), _clamp(int(ends[i]), n)
+    if len(on_channels) > 1 or int(steps[i]) != 1 or lo >= hi:
+        ctx.freeze(xs.elements, f"{ctx.name(node)} slices the channel axis with a step or twice")
+        return
+    elements, piece = xs.elements, xs.elements[lo:hi]
+
+    def rewrite(keep: Callable[[np.ndarray], np.ndarray], node: ir.Node = node) -> None:
+        new_lo, new_hi = int(keep(elements[:lo]).sum()), int(keep(elements[:hi]).sum())
+        if ctx.opset < 10:
+            for key, v in (("starts", new_lo), ("ends", new_hi)):
+                values = list(node.attributes[key].value)
+                values[i] = v
+                node.attributes[key] = ir.AttrInt64s(key, values)
+            return
+        for k, v in ((1, new_lo), (2, new_hi)):
+            old = ctx.const(node.inputs[k])
+            new = old.reshape(-1).copy()
+            new[i] = v
+            ctx.new_int_input(node, k, new, f"{node.inputs[k].name}_pruned", old.dtype)
+
+    ctx.deps.add_action(node, f"channel range [{lo}, {hi}) = kept range", rewrite)
+    ctx.deps.require_nonempty.append(piece)
+    ctx.set_slot(node.outputs[0], xs.axis, piece)
+
+
+def _slice_params(ctx: HandlerContext, node: ir.Node) -> tuple[list[int], list[int], list[int], list[int]] | None:
+    """(starts, ends, axes, steps) of a Slice when they are all constant, else None."""
+    if ctx.opset < 10:
+        starts, ends = ctx.attr(node, "starts", None), ctx.attr(node, "ends", None)
+        if starts is None or ends is None:
+            return None
+        axes = ctx.attr(node, "axes", None) or list(range(len(starts)))
+        return list(starts), list(ends), list(axes), [1] * len(starts)
+    inputs = list(node.inputs) + [None] * (5 - len(node.inputs))
+    arrays = []
+    for k in range(1, 5):
+        if inputs[k] is None:
+            arrays.append(None)
+            continue
+        a = ctx.const(inputs[k])
+        if a is None:
+            return None
+        arrays.append([int(v) for v in a.reshape(-1)])
+    starts, ends, axes, steps = arrays
+    if starts is None or ends is None:
+        return None
+    return starts, ends, axes if axes is not None else list(range(len(starts))), steps or [1] * len(starts)
 
 
 @rule("Shape")
 def _shape(ctx: HandlerContext, node: ir.Node) -> None:
-    """Reading the shape is harmless unless the channel count itself is read."""
+    """Reading the shape is harmless unless the channel count itself is read: the output may
+    feed Gathers and single-axis Slices (step 1) that pick other dims; anything else freezes."""
     xs = ctx.slot(node.inputs[0])
     if xs is None:
         return
     r = ctx.rank(node.inputs[0])
-    start = int(ctx.attr(node, "start", 0))
     if r is None:
         ctx.freeze(xs.elements, f"{ctx.name(node)}: rank unknown")
         return
-    start %= r if start < 0 else r + 1
-    position = xs.axis - start
+    lo, hi = (_clamp(int(ctx.attr(node, k, d)), r) for k, d in (("start", 0), ("end", r)))
+    if not lo <= xs.axis < hi:
+        return  # the channel dim is not in this Shape's output
+    position, size = xs.axis - lo, hi - lo
     for user, _ in node.outputs[0].uses():
         if user.op_type == "Gather" and user.inputs[0] is node.outputs[0]:
             idx = ctx.const(user.inputs[1])
-            if idx is not None and position not in [int(i) % max(r - start, 1) for i in idx.reshape(-1)]:
+            if idx is not None and position not in [int(i) % size for i in idx.reshape(-1)]:
                 continue
-        if user.op_type == "Slice" and user.inputs[0] is node.outputs[0]:
-            s, e = ctx.const(user.inputs[1]), ctx.const(user.inputs[2])
-            if s is not None and e is not None and s.size == 1 and e.size == 1:
-                lo, hi = int(s.reshape(-1)[0]), int(e.reshape(-1)[0])
-                size = r - start
-                lo, hi = (lo + size if lo < 0 else lo), (hi + size if hi < 0 else min(hi, size))
-                if not lo <= position < hi:
-                    continue
+        if user.op_type == "Slice" and user.inputs[0] is node.outputs[0] and _slice_excludes(ctx, user, position, size):
+            continue
         ctx.freeze(xs.elements, f"{ctx.name(node)}: the channel count is read by {user.op_type}")
         return
     if node.outputs[0].is_graph_output():
         ctx.freeze(xs.elements, f"{ctx.name(node)} is a graph output")
+
+
+def _clamp(index: int, size: int) -> int:
+    """A start/end index as Shape and Slice read it: negative counts from the end, then clamped."""
+    return min(max(index + size if index < 0 else index, 0), size)
+
+
+def _slice_excludes(ctx: HandlerContext, node: ir.Node, position: int, size: int) -> bool:
+    """True when a Slice (opset >= 10) of a 1-D tensor certainly does not read `position`."""
+    inputs = list(node.inputs) + [None] * (5 - len(node.inputs))
+    starts, ends = ctx.const(inputs[1]), ctx.const(inputs[2])
+    axes = ctx.const(inputs[3]) if inputs[3] is not None else np.zeros(1, np.int64)
+    steps = ctx.const(inputs[4]) if inputs[4] is not None else np.ones(1, np.int64)
+    if any(a is None or a.size != 1 for a in (starts, ends, axes, steps)) or ctx.opset < 10:
+        return False
+    if int(steps.reshape(-1)[0]) != 1 or int(axes.reshape(-1)[0]) not in (0, -1):
+        return False
+    lo, hi = _clamp(int(starts.reshape(-1)[0]), size), _clamp(int(ends.reshape(-1)[0]), size)
+    return not lo <= position < hi
 
 
 @rule("QuantizeLinear", "DequantizeLinear")
@@ -901,6 +1027,6 @@ def _qdq(ctx: HandlerContext, node: ir.Node) -> None:
         return
     scale = ctx.const(node.inputs[1])
     if scale is None or scale.size != 1:
-        ctx.freeze(xs.elements, f"{ctx.name(node)}: per-channel quantization parameters")
+        ctx.freeze_inputs(node, f"{ctx.name(node)}: per-channel or dynamic quantization parameters")
         return
     ctx.set_slot(node.outputs[0], xs.axis, xs.elements)

@@ -21,7 +21,7 @@ from onnxpress.passes.base import Pass, PassResult, Tolerance
 from onnxpress.passes.manager import PassContext
 from onnxpress.passes.pruning.dependency import ChannelDependencies, ChannelDependencyAnalysis, Group
 from onnxpress.passes.pruning.importance import AGGREGATES, SCORERS, score_classes
-from onnxpress.passes.pruning.plan import RatioRule, apply_pruning, select_classes
+from onnxpress.passes.pruning.plan import PruningPlan, RatioRule, apply_pruning, select_classes
 from onnxpress.passes.registry import register_pass
 
 __all__ = ["PruneChannelsPass", "PrintPruningGroupsPass", "parse_ignore", "describe_groups"]
@@ -34,13 +34,20 @@ def parse_ignore(patterns: tuple[str, ...]) -> list[tuple[str, str]]:
     out = []
     for p in patterns:
         if p.startswith("re:"):
-            re.compile(p[3:])
+            _compile(p)
             out.append(("re", p[3:]))
         elif p.startswith("op:"):
             out.append(("op", p[3:]))
         else:
             out.append(("name", p))
     return out
+
+
+def _compile(pattern: str) -> re.Pattern[str]:
+    try:
+        return re.compile(pattern[3:])
+    except re.error as e:  # a ValueError reaches the user as a PipelineError naming the option
+        raise ValueError(f"bad regular expression '{pattern}': {e}") from None
 
 
 def _ignored(node: ir.Node, rules: list[tuple[str, str]]) -> bool:
@@ -54,11 +61,17 @@ def _ignored(node: ir.Node, rules: list[tuple[str, str]]) -> bool:
     return False
 
 
+#: member roles an ignored node still lets shrink: its input side follows the layers before it
+_INPUT_ROLES = ("in-channels", "in-features")
+
+
 def _apply_ignores(deps: ChannelDependencies, rules: list[tuple[str, str]]) -> None:
+    """An ignored node keeps its output channels (and everything tied to them); like
+    Torch-Pruning's ignored layers, its input channels may still go with the layer before it."""
     if not rules:
         return
     for m in deps.members:
-        if _ignored(m.node, rules):
+        if m.role not in _INPUT_ROLES and _ignored(m.node, rules):
             deps.freeze(m.elements, f"{m.node.op_type} '{m.node.name}' is ignored")
 
 
@@ -79,9 +92,15 @@ class PruneChannelsPass(Pass):
     Applies to channels produced by Conv / ConvTranspose / Gemm / MatMul with constant weights and
     followed through the ops ChannelDependencyAnalysis understands. Leaves frozen groups alone:
     graph inputs and outputs, unknown ops, subgraphs, dynamic weights, lossy normalizations.
+    `ignore` (node name, `re:REGEX`, `op:TYPE`) keeps a node's output channels; its input channels
+    still follow the layer that produces them. `layer-ratios` entries are `PATTERN=RATIO` with the
+    same pattern forms, matched against the producers of a group. After a run, `plan` holds the
+    `PruningPlan` (None when nothing was removed), also recorded as
+    `model.meta["onnxpress.pruning_plan"]`.
     """
 
     name = "prune-channels"
+    plan: PruningPlan | None = None  # set by each run
     tolerance = Tolerance(rtol=1.0, atol=1e9, min_cosine=0.0)  # lossy by design: report, don't fail
 
     @dataclasses.dataclass(frozen=True)
@@ -115,8 +134,14 @@ class PruneChannelsPass(Pass):
             parse_ignore(self.ignore)
             for item in self.layer_ratios:
                 pattern, _, value = item.rpartition("=")
-                if not pattern or not 0.0 <= float(value) < 1.0:
+                try:
+                    ratio = float(value)
+                except ValueError:
+                    ratio = -1.0
+                if not pattern or not 0.0 <= ratio < 1.0:
                     raise ValueError(f"layer-ratios entry '{item}' must be NAME=RATIO with RATIO in [0, 1)")
+                if pattern.startswith("re:"):
+                    _compile(pattern)
 
     def ratio_rules(self) -> tuple[RatioRule, ...]:
         rules = []
@@ -127,6 +152,7 @@ class PruneChannelsPass(Pass):
 
     def run(self, model: ir.Model, am: Any) -> PassResult:
         opts = self.options
+        self.plan = None
         deps = ChannelDependencyAnalysis(allow_lossy_norms=opts.lossy_norms).compute(model, am)
         _apply_ignores(deps, parse_ignore(opts.ignore))
         groups = deps.groups()
