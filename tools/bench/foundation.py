@@ -310,24 +310,27 @@ def bench_big(gigabytes: float, work: Path, repeat: int) -> dict[str, Any]:
     out_dir = work / "big" / "out"
     copy_dir = work / "big" / "copy"
     runs, copies, synced = [], [], []
-    for i in range(repeat):  # interleaved A/B/C
-        shutil.rmtree(out_dir, ignore_errors=True)
-        out_dir.mkdir(parents=True)
-        os.sync()  # flush what the previous step left dirty, so no step pays for another's writes
-        r = common.run_worker(SCRIPT, {"kind": "onnxpress", "src": str(src),
-                                       "dst": str(out_dir / "model.onnx"), "external_data": True})
-        runs.append(r)
-        shutil.rmtree(copy_dir, ignore_errors=True)
-        copy_dir.mkdir(parents=True)
-        os.sync()
+
+    def fresh(folder: Path) -> None:
+        shutil.rmtree(folder, ignore_errors=True)
+        folder.mkdir(parents=True)
+        os.sync()  # flush what earlier steps left dirty, so no step pays for another's writes
+
+    def run_onnxpress() -> None:
+        fresh(out_dir)
+        runs.append(common.run_worker(SCRIPT, {"kind": "onnxpress", "src": str(src),
+                                               "dst": str(out_dir / "model.onnx"), "external_data": True}))
+
+    def run_copy() -> None:
+        fresh(copy_dir)
         t = time.perf_counter()
         for f in files:
             shutil.copyfile(f, copy_dir / f.name)
         copies.append(time.perf_counter() - t)
+
+    def run_durable_copy() -> None:
         # A durable copy: what onnxpress's atomic save also does (fsync before the rename).
-        shutil.rmtree(copy_dir, ignore_errors=True)
-        copy_dir.mkdir(parents=True)
-        os.sync()
+        fresh(copy_dir)
         t = time.perf_counter()
         for f in files:
             shutil.copyfile(f, copy_dir / f.name)
@@ -337,6 +340,12 @@ def bench_big(gigabytes: float, work: Path, repeat: int) -> dict[str, Any]:
             finally:
                 os.close(fd)
         synced.append(time.perf_counter() - t)
+
+    steps = [run_onnxpress, run_copy, run_durable_copy]
+    for i in range(repeat):  # interleaved A/B/C, the order rotated every round
+        for step in steps[i % 3:] + steps[: i % 3]:
+            step()
+        r = runs[-1]
         log(f"  big run {i + 1}/{repeat}: onnxpress {r['total_s']:.2f} s "
             f"(peak RSS {r['peak_rss_bytes'] / 1e9:.2f} GB), copy {copies[-1]:.2f} s, "
             f"copy+fsync {synced[-1]:.2f} s")
@@ -518,7 +527,7 @@ def render(results: dict[str, Any], command: str) -> str:
             f"An MLP of {b['nodes']} nodes (MatMul 2048×2048, Add, Relu, Identity per layer), weights in "
             f"one external-data file. onnxpress loads, runs -O2 ({b['nodes']} → {b['nodes_after']} nodes), "
             f"saves with external data; the baseline is `shutil.copyfile` of the same "
-            f"{b['file_bytes'] / 1e9:.2f} GB of files; interleaved A/B, {len(b['copy_s'])} rounds, median.",
+            f"{b['file_bytes'] / 1e9:.2f} GB of files; interleaved A/B/C with the order rotated every round, {len(b['copy_s'])} rounds, median.",
             "",
             md_table(
                 ["", "median s", "runs s"],
@@ -613,7 +622,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--models", default="bench_out/models", help="folder from tools/fetch_models.py")
     ap.add_argument("--sizes", default="1000,5000,10000,20000,50000", help="synthetic node counts")
     ap.add_argument("--big-gb", type=float, default=1.0, help="weights of the large model (0: skip)")
-    ap.add_argument("--repeat", type=int, default=3, help="A/B rounds for the large model")
+    ap.add_argument("--repeat", type=int, default=6, help="A/B rounds for the large model")
     ap.add_argument("--parts", default="synthetic,big,real", help="which parts to run")
     ap.add_argument("--work", default="bench_out/foundation", help="scratch folder for models")
     ap.add_argument("--out", action="append", default=[],
