@@ -92,3 +92,17 @@ def test_nesting_only_for_adaptors():
         build_pipeline("cse(dce)")
     with pytest.raises(PipelineError, match="takes no options"):
         build_pipeline("O2{x=1}")
+
+
+def test_pruning_passes_infer_shapes_themselves():
+    """prune-channels works as the first pass of a pipeline (it infers the shapes it needs)."""
+    import os
+
+    import onnxpress
+
+    example = os.path.join(os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)))),
+                           "examples", "tiny_resnet.onnx")
+    result = onnxpress.optimize(example, "prune-channels{ratio=0.25}", verify="numeric",
+                                input_shapes={"input": [1, 3, 32, 32]})
+    stats = [r for r in result.report.passes if r["name"] == "prune-channels"][0]["stats"]
+    assert stats["prunable_groups"] > 0 and stats["channels_removed"] > 0

@@ -18,6 +18,7 @@ __all__ = [
     "Group",
     "Member",
     "PrintPruningGroupsPass",
+    "PruneHeadsPass",
     "PruneChannelsPass",
     "PruningPlan",
     "SCORERS",

@@ -17,6 +17,8 @@ from typing import Any
 
 import onnx_ir as ir
 
+from onnxpress.ir.shapes import infer_shapes
+
 from onnxpress.passes.base import Pass, PassResult, Tolerance
 from onnxpress.passes.manager import PassContext
 from onnxpress.passes.pruning.dependency import ChannelDependencies, ChannelDependencyAnalysis, Group
@@ -153,6 +155,7 @@ class PruneChannelsPass(Pass):
     def run(self, model: ir.Model, am: Any) -> PassResult:
         opts = self.options
         self.plan = None
+        infer_shapes(model)  # the rules need ranks and dims; inference only adds shape information
         deps = ChannelDependencyAnalysis(allow_lossy_norms=opts.lossy_norms).compute(model, am)
         _apply_ignores(deps, parse_ignore(opts.ignore))
         groups = deps.groups()
@@ -212,6 +215,7 @@ class PrintPruningGroupsPass(Pass):
         lossy_norms: bool = False
 
     def run(self, model: ir.Model, am: Any) -> PassResult:
+        infer_shapes(model)
         deps = ChannelDependencyAnalysis(allow_lossy_norms=self.options.lossy_norms).compute(model, am)
         groups = deps.groups()
         lines = describe_groups(groups) if self.options.members else [g.describe() for g in groups]

@@ -23,6 +23,8 @@ from typing import Any
 import numpy as np
 import onnx_ir as ir
 
+from onnxpress.ir.shapes import infer_shapes
+
 from onnxpress.passes.base import Pass, PassResult, Tolerance
 from onnxpress.passes.cleanup import _util as u
 from onnxpress.passes.pruning.attention import AttentionBlock, find_attention_blocks
@@ -214,6 +216,7 @@ class PruneHeadsPass(Pass):
 
     def run(self, model: ir.Model, am: Any) -> PassResult:
         opts = self.options
+        infer_shapes(model)  # the pattern checks need ranks (the mask's, the heads')
         blocks, refused = find_attention_blocks(model)
         rules = parse_ignore(opts.ignore)
         chosen: list[tuple[AttentionBlock, list[int]]] = []
