@@ -62,6 +62,25 @@ register_shorthand(Shorthand(
 ))
 
 
+def _lowrank_fragment(value: str, args: argparse.Namespace) -> str:
+    from onnxpress.errors import InputError
+    from onnxpress.passes.lowrank import lowrank_fragment
+
+    try:
+        return lowrank_fragment(float(value), bool(args.data))
+    except ValueError:
+        raise InputError(f"--lowrank {value}: expected a fraction in (0, 1), e.g. --lowrank 0.3") from None
+
+
+register_shorthand(Shorthand(
+    "--lowrank", "RATIO",
+    "remove this fraction of the parameters of the layers it decomposes (SVD for MatMul/Gemm, "
+    "Tucker-2 for convs, ranks multiples of 8, data-aware with --data; layers where it does not pay "
+    "are left alone): lowrank-svd{rank-ratio=1-RATIO},lowrank-tucker{rank-ratio=1-RATIO}",
+    _lowrank_fragment,
+))
+
+
 class _Parser(argparse.ArgumentParser):
     def error(self, message: str) -> None:  # one line, exit 2
         self.exit(EXIT_USAGE, f"{self.prog}: error: {message} (see --help)\n")

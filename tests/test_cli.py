@@ -272,3 +272,17 @@ def test_prune_shorthand_on_the_example(example, capsys):
     assert prune["stats"]["channels_removed"] > 0
     onnx.checker.check_model(onnx.load(str(example / "tiny_resnet.opt.onnx")), full_check=True)
     assert optimize_main([str(example / "tiny_resnet.onnx"), "--prune", "1.5"]) == 2
+
+
+def test_lowrank_shorthand_on_the_example(example, capsys):
+    report = example / "r.json"
+    code = optimize_main([str(example / "tiny_resnet.onnx"), "--lowrank", "0.5", "--report", str(report),
+                          "--data", str(example / "data.npz")])
+    assert code == 0, capsys.readouterr().err
+    data = json.loads(report.read_text())
+    assert "lowrank-tucker{rank-ratio=0.5}" in data["pipeline"]  # align=8 is the default
+    assert data["after"]["params"] < data["before"]["params"]
+    tucker = [p for p in data["passes"] if p["name"] == "lowrank-tucker"][0]
+    assert tucker["modified"]
+    onnx.checker.check_model(onnx.load(str(example / "tiny_resnet.opt.onnx")), full_check=True)
+    assert optimize_main([str(example / "tiny_resnet.onnx"), "--lowrank", "0"]) == 2
