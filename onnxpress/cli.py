@@ -50,14 +50,17 @@ def _prune_fragment(value: str, args: argparse.Namespace) -> str:
         from onnxpress.errors import InputError
 
         raise InputError(f"--prune {value}: expected a fraction in [0, 1), e.g. --prune 0.3")
-    options = f"ratio={value}" + (" reconstruct=true" if args.data else "")
+    # Multiples of 8 keep ONNX Runtime's blocked convolution kernels: unaligned counts (45, 90)
+    # measured slower than the unpruned model on MobileNetV2 (docs/BENCHMARKS.md).
+    options = f"ratio={value} round-to=8" + (" reconstruct=true" if args.data else "")
     return "prune-channels{" + options + "}"
 
 
 register_shorthand(Shorthand(
     "--prune", "RATIO",
-    "remove this fraction of the prunable channels (L2 importance, uniform per group; the next layers "
-    "are refitted on --data when given): prune-channels{ratio=RATIO}",
+    "remove this fraction of the prunable channels (L2 importance, uniform per group, kept counts "
+    "rounded up to multiples of 8; the next layers are refitted on --data when given): "
+    "prune-channels{ratio=RATIO round-to=8}",
     _prune_fragment,
 ))
 

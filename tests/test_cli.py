@@ -265,7 +265,7 @@ def test_prune_shorthand_on_the_example(example, capsys):
                           "--input-shape", "input:1x3x32x32", "--verify", "numeric"])
     assert code == 0, capsys.readouterr().err
     data = json.loads(report.read_text())
-    assert "prune-channels{ratio=0.25}" in data["pipeline"]
+    assert "prune-channels{ratio=0.25 round-to=8}" in data["pipeline"]
     assert data["after"]["params"] < 0.8 * data["before"]["params"]
     assert data["after"]["macs"] < 0.8 * data["before"]["macs"]
     prune = [p for p in data["passes"] if p["name"] == "prune-channels"][0]

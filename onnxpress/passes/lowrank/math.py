@@ -27,6 +27,7 @@ import tensorly as tl
 from tensorly.decomposition import parafac, partial_tucker
 
 __all__ = [
+    "allocate_ranks",
     "asvd",
     "cp_conv",
     "cp_cost",
@@ -48,6 +49,7 @@ __all__ = [
     "tucker2_cost",
     "tucker2_reconstruct",
     "tucker_ranks_for_ratio",
+    "whitened_singular_values",
     "whitened_svd",
 ]
 
@@ -250,6 +252,90 @@ def whitened_svd(w: np.ndarray, gram: np.ndarray, rank: int, eps: float = 1e-6) 
     a = np.linalg.solve(chol.T, a_white)
     dtype = _dtype_of(w)
     return a.astype(dtype), b.astype(dtype)
+
+
+def whitened_singular_values(w: np.ndarray, gram: np.ndarray | None = None, eps: float = 1e-6) -> np.ndarray:
+    """Singular values of `Sᵀ W` (S the damped Cholesky factor of `gram = XᵀX`), descending.
+
+    They are to the output error what plain singular values are to the weight error: the
+    whitened SVD at rank r leaves `‖X (W − A B)‖² = Σ_{i≥r} σ_i²` (up to the damping) and
+    `Σ σ_i² = ‖X W‖²`. Without a Gram they are the weight's own singular values.
+    """
+    w64 = _check_matrix(w)
+    if gram is None:
+        return np.linalg.svd(w64, compute_uv=False)
+    g = _as64(gram)
+    if g.shape != (w64.shape[0], w64.shape[0]):
+        raise ValueError(f"gram must be [{w64.shape[0]}, {w64.shape[0]}] for a weight of shape {w64.shape}")
+    chol = _damped_cholesky(0.5 * (g + g.T), eps)
+    return np.linalg.svd(chol.T @ w64, compute_uv=False)
+
+
+def allocate_ranks(
+    shapes: Sequence[tuple[int, int]],
+    spectra: Sequence[np.ndarray],
+    keep: float,
+    align: int = 1,
+    min_gain: float = 0.0,
+) -> list[int | None]:
+    """Ranks for several layers sharing one parameter budget, chosen by measured sensitivity.
+
+    Layer i (`W [K, N]`, dense cost K·N) at rank r costs r·(K + N) and loses the relative
+    output error `e_i(r) = Σ_{j≥r} s_j² / Σ s_j²` of its spectrum `s` (whitened singular values
+    for output error, plain ones for weight error). Starting from every layer dense, the step
+    with the smallest error increase per parameter saved is taken until the total is at most
+    `keep · Σ K·N`: a dense layer's first step goes to the largest multiple of `align` that
+    saves `min_gain` of its parameters, later steps remove `align` ranks at a time (never below
+    `align`). Returns one rank per layer, None for a layer left dense. Deterministic (ties go
+    to the earlier layer).
+    """
+    import heapq
+
+    if len(shapes) != len(spectra):
+        raise ValueError("one spectrum per shape is needed")
+    if not keep > 0.0:
+        raise ValueError(f"keep must be positive, got {keep}")
+    if align < 1:
+        raise ValueError(f"align must be at least 1, got {align}")
+    tails, first = [], []
+    for (k, n), s in zip(shapes, spectra):
+        power = np.sort(_as64(s))[::-1] ** 2
+        total = float(power.sum())
+        tail = np.concatenate([np.cumsum(power[::-1])[::-1], [0.0]])  # tail[r] = Σ_{j≥r}
+        tails.append(tail / total if total > 0 else np.zeros_like(tail))
+        r0 = math.floor((1.0 - min_gain) * k * n / (k + n) + 1e-9) // align * align
+        r0 = min(r0, (min(k, n) - 1) // align * align)
+        first.append(r0 if r0 >= align else None)
+    ranks: list[int | None] = [None] * len(shapes)
+    cost = sum(k * n for k, n in shapes)
+    budget = keep * cost
+
+    def step(i: int) -> tuple[float, int, int, int] | None:
+        k, n = shapes[i]
+        if ranks[i] is None:
+            if first[i] is None:
+                return None
+            new, saved = first[i], k * n - first[i] * (k + n)
+            delta = tails[i][min(new, len(tails[i]) - 1)]
+        else:
+            new = ranks[i] - align
+            if new < align:
+                return None
+            saved = align * (k + n)
+            t = tails[i]
+            delta = t[min(new, len(t) - 1)] - t[min(ranks[i], len(t) - 1)]
+        return (float(delta) / max(saved, 1), i, new, saved)
+
+    heap = [entry for entry in (step(i) for i in range(len(shapes))) if entry is not None]
+    heapq.heapify(heap)
+    while cost > budget and heap:
+        _, i, new, saved = heapq.heappop(heap)
+        ranks[i] = new
+        cost -= saved
+        nxt = step(i)
+        if nxt is not None:
+            heapq.heappush(heap, nxt)
+    return ranks
 
 
 def asvd(w: np.ndarray, act_scale: np.ndarray, rank: int, alpha: float = 0.5) -> tuple[np.ndarray, np.ndarray]:

@@ -1,6 +1,7 @@
 """LowRankSvdPass: a linear layer's weight replaced by two thin factors, y = (x·A)·B.
 
-`lowrank-svd{rank-ratio= energy= rank= data-aware=false min-gain=0.1 align=8}` turns
+`lowrank-svd{rank-ratio= energy= rank= data-aware=false min-gain=0.1 align=8 closed-loop=false
+allocation=uniform refit=false ridge=0.001 include= exclude=}` turns
 `MatMul(x, W)` into `MatMul(MatMul(x, A), B)` and `Gemm(x, B, C)` into `Gemm(Gemm(x, A), B', C)`
 (`MatMul` where the Gemm has no C and no transA), with W ≈ A·B of rank r. x may have any number
 of leading batch / sequence dims; a bias Add after a MatMul stays where it is, Gemm keeps its C and
@@ -23,10 +24,21 @@ from onnxpress.passes.cleanup import _util as u
 from onnxpress.passes.lowrank import math as lrm
 from onnxpress.passes.lowrank._base import DEFAULT_KEEP, LayerwisePass, check_common, check_rank_options
 from onnxpress.passes.lowrank._calibration import input_grams, ready
+from onnxpress.passes.lowrank._closed_loop import (
+    add_to_bias,
+    bias_value,
+    closed_loop_stats,
+    fit_closed_loop,
+    follower_layer,
+    followers,
+    in_scope,
+)
 from onnxpress.passes.lowrank._emit import Replacement, node_names
-from onnxpress.passes.lowrank._layers import LinearLayer, dims_of, linears
+from onnxpress.passes.lowrank._layers import LinearLayer, dims_of, linears, match_linear
 from onnxpress.passes.lowrank._records import LayerRecord, check_fraction, decompose_each, gate, relative_error, result
 from onnxpress.passes.manager import PassContext
+from onnxpress.passes.pruning.prune_channels import parse_ignore
+from onnxpress.passes.pruning.reconstruct import _refit
 from onnxpress.passes.registry import register_pass
 
 __all__ = ["LowRankSvdPass"]
@@ -47,6 +59,20 @@ class LowRankSvdPass(LayerwisePass):
     factors minimise the output error ‖x(W − AB)‖ (whitened SVD, SVD-LLM); without data it warns
     and falls back to plain SVD.
 
+    Options for quality (all need calibration data; without it they warn and fall back):
+    `closed-loop=true` fits each layer, in topological waves, so that the compressed model's
+    input X_c times A·B matches the ORIGINAL layer output X·W (ridge target W*, then whitened
+    SVD of W* under X_cᵀX_c, see `_closed_loop`); it implies data-aware.
+    `allocation=sensitivity` replaces the per-layer ratio by one parameter budget (`rank-ratio`
+    of the in-scope layers' parameters, 0.5 by default) shared greedily by smallest increase of
+    relative output error (whitened tail energy, measured on the original model) per parameter
+    saved; layers may stay dense. Without data the weight spectra are used.
+    `refit=true` refits, by ridge least squares against the original outputs, the second factor
+    and a bias correction of each decomposed layer that has a bias (closed loop), and every
+    non-decomposed MatMul / Gemm that follows a decomposed one through element-wise ops only.
+    `ridge` is the damping of those solves (times mean(diag XᵀX)). `include` / `exclude` (node
+    names, `re:REGEX`, `op:TYPE`, comma-separated) restrict the layers considered.
+
     Skips, with a debug log and a count in `stats["skip_reasons"]`: dynamic or shared weights,
     non-float weights, custom domains, nodes inside subgraphs or functions, and layers where the
     rank is not below full or the gate refuses. Stats: per layer ranks, params and MACs before ->
@@ -64,9 +90,23 @@ class LowRankSvdPass(LayerwisePass):
         min_gain: float = 0.1
         align: int = 8
         max_samples: int = 64
+        closed_loop: bool = False
+        allocation: str = "uniform"
+        refit: bool = False
+        ridge: float = 1e-3
+        include: tuple[str, ...] = ()
+        exclude: tuple[str, ...] = ()
 
         def __post_init__(self) -> None:
             check_rank_options(rank_ratio=self.rank_ratio, energy=self.energy, rank=self.rank)
+            if self.allocation not in ("uniform", "sensitivity"):
+                raise ValueError("allocation must be uniform or sensitivity")
+            if self.allocation == "sensitivity" and (self.energy is not None or self.rank is not None):
+                raise ValueError("allocation=sensitivity shares a rank-ratio budget; energy and rank do not apply")
+            if not self.ridge > 0.0:
+                raise ValueError("ridge must be positive")
+            parse_ignore(tuple(self.include))
+            parse_ignore(tuple(self.exclude))
             check_fraction("rank-ratio", self.rank_ratio)
             check_fraction("energy", self.energy, closed_high=True)
             if self.rank is not None and self.rank < 1:
@@ -76,29 +116,89 @@ class LowRankSvdPass(LayerwisePass):
                 raise ValueError("max-samples must be at least 1")
 
     def candidates(self, model: ir.Model, skipped: Counter[str]) -> list[LinearLayer]:
-        return linears(model, ("MatMul", "Gemm"), self.name, skipped)
+        found = linears(model, ("MatMul", "Gemm"), self.name, skipped)
+        return in_scope(found, self.options.include, self.options.exclude, skipped)
 
     def run(self, model: ir.Model, am: Any) -> PassResult:
+        opts = self.options
         graph = model.graph
         skipped: Counter[str] = Counter()
         layers = self.candidates(model, skipped)
         ctx = PassContext.current()
-        feeds = ctx.feeds(self.options.max_samples) if self.options.data_aware else []
-        if self.options.data_aware and (ctx.runner is None or not feeds):
-            ctx.diagnose("lowrank-svd: data-aware=true but the context has no runner or no data; plain SVD used")
+        wants_data = opts.data_aware or opts.closed_loop or opts.allocation == "sensitivity" or opts.refit
+        feeds = ctx.feeds(opts.max_samples) if wants_data else []
+        if wants_data and (ctx.runner is None or not feeds):
+            ctx.diagnose("lowrank-svd: data-aware / closed-loop / sensitivity / refit need a runner and data; "
+                         "the context has none: plain SVD (weight spectra) used")
             feeds = []
+        runner = ctx.runner
+
+        self._ranks: dict[int, int | None] = {}
+        self._last: dict[int, ir.Node] = {}  # id(original node) -> last node of its replacement
+        allocation: dict[str, int | None] = {}
+        if opts.allocation == "sensitivity" and layers:
+            grams = input_grams(model, layers, runner, feeds) if feeds else {}
+            spectra = [lrm.whitened_singular_values(layer.w_eff, grams.get(id(layer.node))) for layer in layers]
+            keep = opts.rank_ratio if opts.rank_ratio is not None else DEFAULT_KEEP
+            ranks = lrm.allocate_ranks([layer.shape for layer in layers], spectra, keep, opts.align, opts.min_gain)
+            for layer, rank in zip(layers, ranks):
+                self._ranks[id(layer.node)] = rank
+                allocation[layer.node.name or ""] = rank
 
         names, taken = u.NameScope(model), node_names(graph)
         records: list[LayerRecord] = []
-        pending = layers
+        refits: dict[str, Any] = {}
+        closed = opts.closed_loop and bool(feeds)
+        original = model.clone() if closed or (opts.refit and feeds) else None
+        pending: list[LinearLayer] = list(layers)
+        follower_ids: set[int] = set()
+        rng = np.random.default_rng(0)
         while pending:  # without data, one wave holds every layer
             wave = ready(graph, pending) if feeds else pending
-            grams = input_grams(model, wave, ctx.runner, feeds) if feeds else {}
-            records += decompose_each(
-                wave, lambda layer: self.decompose(layer, names, taken, grams.get(id(layer.node))), self.name, skipped)
-            done = {id(layer.node) for layer in wave}
-            pending = [layer for layer in pending if id(layer.node) not in done]
-        return result(model, self.name, records, skipped)
+            for layer in wave:  # an earlier replacement may have swapped the value it reads
+                layer.x = layer.node.inputs[0]
+            decomposed = [layer for layer in wave if id(layer.node) not in follower_ids]
+            if closed:
+                stats = closed_loop_stats(original, model, decomposed, runner, feeds)
+                done = decompose_each(decomposed, lambda layer: self._closed(layer, names, taken, stats), self.name,
+                                      skipped)
+            else:
+                grams = input_grams(model, decomposed, runner, feeds) if feeds and opts.data_aware else {}
+                done = decompose_each(
+                    decomposed, lambda layer: self.decompose(layer, names, taken, grams.get(id(layer.node))),
+                    self.name, skipped)
+            records += done
+            for layer in wave:
+                if id(layer.node) in follower_ids:
+                    result_ = _refit(follower_layer(layer, graph), original, model, runner, feeds, opts.ridge,
+                                     2048, rng)
+                    refits[layer.node.name or ""] = result_
+            if opts.refit and original is not None:
+                pending_ids = {id(layer.node) for layer in pending}
+                for layer in decomposed:
+                    if id(layer.node) not in self._last:
+                        continue
+                    for node in followers(self._last[id(layer.node)]):
+                        if id(node) in pending_ids or id(node) in follower_ids:
+                            continue
+                        found = match_linear(node, u.default_opset(model))
+                        if isinstance(found, LinearLayer):
+                            follower_ids.add(id(node))
+                            pending.append(found)
+            finished = {id(layer.node) for layer in wave}
+            pending = [layer for layer in pending if id(layer.node) not in finished]
+        out = result(model, self.name, records, skipped)
+        if allocation:
+            out.stats["allocation"] = allocation
+        if refits:
+            out.stats["refits"] = refits
+        return out
+
+    def _closed(self, layer: LinearLayer, names: u.NameScope, taken: set[str], stats: dict) -> LayerRecord | str:
+        acc = stats.get(id(layer.node))
+        if acc is None:
+            return self.decompose(layer, names, taken, None)
+        return self.decompose(layer, names, taken, acc=acc)
 
     # -- one layer -----------------------------------------------------------------------------
     def _rank(self, w: np.ndarray) -> int:
@@ -114,10 +214,16 @@ class LowRankSvdPass(LayerwisePass):
         return lrm.round_rank(chosen, opts.align, min(k, n))
 
     def decompose(self, layer: LinearLayer, names: u.NameScope, taken: set[str],
-                  gram: np.ndarray | None = None) -> LayerRecord | str:
+                  gram: np.ndarray | None = None, acc: Any = None) -> LayerRecord | str:
         w = layer.w_eff
         k, n = w.shape
-        rank = self._rank(w)
+        allocated = getattr(self, "_ranks", {})
+        if id(layer.node) in allocated:
+            if allocated[id(layer.node)] is None:
+                return "kept dense by the rank allocation"
+            rank = allocated[id(layer.node)]
+        else:
+            rank = self._rank(w)
         if rank >= min(k, n):
             return "rank not below full rank"
         rows = layer.tokens or 1
@@ -126,21 +232,37 @@ class LowRankSvdPass(LayerwisePass):
         refused = gate(params, macs, self.options.min_gain)
         if refused is not None:
             return refused
-        if gram is not None:
+        output_err = None
+        bias_target = None
+        if acc is not None:
+            bias_target = bias_value(layer, layer.node.graph) if self.options.refit else None
+            fit = fit_closed_loop(w, acc, rank, self.options.ridge, refit_bias=bias_target is not None)
+            a, b, output_err = fit.a, fit.b, fit.error
+            method = "closed-loop-svd" + ("+bias" if fit.delta is not None else "")
+            logger.debug("%s: '%s' rank %d: output error %.4g (open loop %.4g)", self.name, layer.node.name, rank,
+                         fit.error, fit.error_open)
+        elif gram is not None:
             a, b = lrm.whitened_svd(w, gram, rank)
+            output_err, method = lrm.output_error(w, a, b, gram), "whitened-svd"
         else:
             a, b = lrm.truncated_svd(w, rank)
+            method = "svd"
         rep = Replacement(layer.node, layer.weight, self.name, names, taken)
         _emit(layer, a, b, rep)
+        if hasattr(self, "_last"):
+            self._last[id(layer.node)] = rep.nodes[-1]
+        if acc is not None and fit.delta is not None and bias_target is not None:
+            scale = layer.beta if layer.node.op_type == "Gemm" else 1.0
+            add_to_bias(bias_target, fit.delta, scale)
         return LayerRecord(
             node=layer.node.name or "",
             op=layer.node.op_type,
-            method="whitened-svd" if gram is not None else "svd",
+            method=method,
             ranks=(rank,),
             params=(params[0], rep.params),
             macs=macs,
             weight_error=relative_error(w, a @ b),
-            output_error=lrm.output_error(w, a, b, gram) if gram is not None else None,
+            output_error=output_err,
         )
 
 

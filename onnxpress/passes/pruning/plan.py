@@ -49,6 +49,12 @@ def _count(ratio: float, n: int) -> int:
     return int(math.floor(ratio * n + 1e-9))
 
 
+def _removal_count(ratio: float, n: int) -> int:
+    """How many of `n` channels a ratio removes: `n - floor((1 - ratio) * n)`, so the kept count is
+    the one Torch-Pruning keeps (int(C * (1 - ratio))) and pruned shapes agree with it."""
+    return n - int(math.floor(round((1.0 - ratio) * n, 9)))
+
+
 def _round_kept(total: int, kept: int, round_to: int) -> int:
     if round_to <= 1:
         return kept
@@ -85,14 +91,14 @@ def select_classes(
     if scope == "uniform":
         for g in live:
             order = sorted(g.prunable, key=lambda c: (scores[c], c))
-            pruned.update(order[: limit(g, _count(ratio_for(g), len(g.prunable)))])
+            pruned.update(order[: limit(g, _removal_count(ratio_for(g), len(g.prunable)))])
     elif scope == "global":
         normalized: list[tuple[float, int, int]] = []
         budget = 0
         for gi, g in enumerate(live):
             mean = float(np.mean([scores[c] for c in g.prunable])) or 1.0
             normalized.extend((scores[c] / mean, c, gi) for c in g.prunable)
-            budget += _count(ratio_for(g), len(g.prunable))
+            budget += _removal_count(ratio_for(g), len(g.prunable))
         taken: dict[int, list[int]] = defaultdict(list)
         for _score, c, gi in sorted(normalized):
             if budget <= 0:

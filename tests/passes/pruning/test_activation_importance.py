@@ -43,8 +43,8 @@ def removed_units(options: str) -> list[int]:
 
 
 def test_activation_importance_removes_the_silent_unit_that_l2_keeps():
-    assert removed_units("ratio=0.2 importance=l2") == [5]
-    assert removed_units("ratio=0.2 importance=activation") == [0]
+    assert removed_units("ratio=0.15 importance=l2") == [5]
+    assert removed_units("ratio=0.15 importance=activation") == [0]
 
 
 def test_mean_abs_activation_is_measured_after_the_relu():

@@ -87,12 +87,12 @@ def _skewed_chain():
 @pytest.mark.parametrize(("cap", "kept1", "kept2"), [(0.8, 4, 16), (0.5, 8, 12), (1.0, 4, 16)])
 def test_global_scope_with_layer_cap(cap, kept1, kept2):
     # budget = 40 % of 32 prunable = 6 + 6 = 12 channels; the weak ones of conv1 go first
-    model, result, _ = prune(_skewed_chain(), f"ratio=0.4 scope=global max-layer-ratio={cap}", check=False)
+    model, result, _ = prune(_skewed_chain(), f"ratio=0.375 scope=global max-layer-ratio={cap}", check=False)
     assert (_kept(model, "conv1"), _kept(model, "conv2")) == (kept1, kept2)
 
 
 def test_uniform_scope_ignores_the_skew():
-    model, result, _ = prune(_skewed_chain(), "ratio=0.4", check=False)
+    model, result, _ = prune(_skewed_chain(), "ratio=0.375", check=False)
     assert (_kept(model, "conv1"), _kept(model, "conv2")) == (10, 10)
 
 
@@ -125,3 +125,10 @@ def test_ratio_zero_changes_nothing():
 def test_option_errors_are_pipeline_errors(options, message):
     with pytest.raises(PipelineError, match=message):
         PassManager.from_pipeline(f"prune-channels{{{options}}}")
+
+
+@pytest.mark.parametrize(("width", "ratio", "kept"), [(64, 0.3, 44), (64, 0.2, 51), (45, 0.5, 22), (16, 0.375, 10)])
+def test_kept_counts_follow_torch_pruning(width, ratio, kept):
+    """Kept = int(C * (1 - ratio)), Torch-Pruning's rounding, so pruned shapes agree with it."""
+    model, _, _ = prune(conv_chain((width, width)), f"ratio={ratio}", check=False)
+    assert (_kept(model, "conv1"), _kept(model, "conv2")) == (kept, kept)

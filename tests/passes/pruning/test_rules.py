@@ -70,7 +70,7 @@ def test_densenet_block_concat_offsets():
 
 @pytest.mark.parametrize("multiplier", [1, 2])
 def test_mobilenet_block_depthwise_group_rewritten(multiplier):
-    model, result, _ = prune(mobilenet_block(multiplier, zero_in=(1, 4), zero_pw=(3,)))
+    model, result, _ = prune(mobilenet_block(multiplier, zero_in=(1, 4), zero_pw=(3,)), "ratio=0.15")
     s = shapes(model)
     assert s["stem.w"] == [6, 3, 3, 3]
     assert s["dw.w"] == [6 * multiplier, 1, 3, 3] and s["dw.b"] == [6 * multiplier]
