@@ -22,11 +22,15 @@ from onnxpress.passes.base import Tolerance
 from onnxpress.passes.manager import PassContext, PassInstrument, PassManager
 from onnxpress.passes.pipeline import build_pipeline
 
-__all__ = ["Result", "load", "save", "optimize", "resolve_pipeline", "VERIFY_MODES"]
+__all__ = ["RANDOM_DATA", "Result", "load", "save", "optimize", "resolve_pipeline", "VERIFY_MODES"]
 
 logger = logging.getLogger(__name__)
 
 VERIFY_MODES = ("auto", "none", "structure", "numeric")
+
+#: `data=RANDOM_DATA` asks for seeded random feeds (for calibration without user data), and says so
+#: loudly in the report.
+RANDOM_DATA = "random"
 
 #: How many feeds the per-pass numeric check uses (the final fidelity uses all of them).
 PER_PASS_FEEDS = 2
@@ -96,7 +100,8 @@ def optimize(
         pipeline: pipeline text such as ``"O2"`` or ``"fold-constants,cse,dce"``.
         data: input feeds (path to .npz / folder, ``"pkg.mod:function"``, a callable, a FeedSource)
             for numeric verification and data-aware passes; ``None`` uses seeded random feeds
-            when a numeric check is asked for.
+            when a numeric check is asked for; ``"random"`` gives data-aware passes seeded random
+            feeds, with a warning in the report.
         verify: ``"none"``, ``"structure"`` (verifier after every pass), ``"numeric"`` (also
             outputs compared to the pre-pass model after every pass that changed something, and
             the final fidelity), or ``"auto"`` (numeric when `data` is given, else structure).
@@ -134,7 +139,14 @@ def optimize(
     if data is not None or mode == "numeric":
         from onnxpress.data import load_data
 
-        source = load_data(data, working, input_shapes=dict(input_shapes or {}), num_random=num_random)
+        random_data = isinstance(data, str) and data == RANDOM_DATA
+        source = load_data(None if random_data else data, working, input_shapes=dict(input_shapes or {}),
+                           num_random=num_random)
+        if random_data:
+            diagnostics.append(
+                "WARNING: calibrated on seeded RANDOM inputs (no --data): quantization scales and "
+                "data-aware choices may not fit real inputs; pass --data with representative samples"
+            )
 
     ctx = PassContext(target=target, capabilities=backend.capabilities, runner=runner, data=source,
                       config=dict(config or {}), diagnostics=diagnostics)

@@ -84,6 +84,22 @@ register_shorthand(Shorthand(
 ))
 
 
+def _quantize_fragment(value: str, args: argparse.Namespace) -> str:
+    from onnxpress.passes.quantize import quantize_fragment
+
+    return quantize_fragment(value, bool(args.data))
+
+
+register_shorthand(Shorthand(
+    "--quantize", "KIND",
+    "int8: static QDQ int8 that the target fuses (calibrated on --data; without it on random inputs, "
+    "with a warning); int4: 4-bit blockwise weights; fp16: float16 with fragile ops kept fp32; "
+    "dynamic: int8 weights, activations quantized at run time",
+    _quantize_fragment,
+    choices=("int8", "int4", "fp16", "dynamic"),
+))
+
+
 class _Parser(argparse.ArgumentParser):
     def error(self, message: str) -> None:  # one line, exit 2
         self.exit(EXIT_USAGE, f"{self.prog}: error: {message} (see --help)\n")
@@ -206,10 +222,13 @@ def _run(args: argparse.Namespace, console: Any, err: Any) -> int:
     extra = []
     if not args.quiet:
         extra.append(_progress_instrument(err))
+    data = args.data
+    if data is None and getattr(args, "quantize", None) == "int8":
+        data = api.RANDOM_DATA  # static int8 needs calibration: random, and the report says so
     result = api.optimize(
         args.model,
         text,
-        data=args.data,
+        data=data,
         verify=args.verify or "auto",
         target=args.target,
         input_shapes=shapes or None,

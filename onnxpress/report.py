@@ -214,8 +214,13 @@ class Report:
         data = f"data: {self.data}   " if self.data else ""
         footer = f"{target}{data}verify: {self.verify}   onnxpress {self.version}"
         console.print(footer)
+        from rich.markup import escape
+
         for line in self.diagnostics:
-            console.print(f"[yellow]note:[/yellow] {line}", markup=True, highlight=False)
+            if line.startswith("WARNING"):
+                console.print(f"[bold red]{escape(line)}[/bold red]", markup=True, highlight=False)
+            else:
+                console.print(f"[yellow]note:[/yellow] {escape(line)}", markup=True, highlight=False)
 
 
 def aggregate_passes(passes: list[dict[str, Any]]) -> list[dict[str, Any]]:

@@ -286,3 +286,24 @@ def test_lowrank_shorthand_on_the_example(example, capsys):
     assert tucker["modified"]
     onnx.checker.check_model(onnx.load(str(example / "tiny_resnet.opt.onnx")), full_check=True)
     assert optimize_main([str(example / "tiny_resnet.onnx"), "--lowrank", "0"]) == 2
+
+
+def test_quantize_int8_with_and_without_data(example, capsys):
+    report = example / "r.json"
+    code = optimize_main([str(example / "tiny_resnet.onnx"), "--quantize", "int8", "--data",
+                          str(example / "data.npz"), "--report", str(report)])
+    assert code == 0, capsys.readouterr().err
+    data = json.loads(report.read_text())
+    assert data["pipeline"].endswith("quantize-qdq")
+    assert data["after"]["param_bytes"] < 0.35 * data["before"]["param_bytes"]
+    assert data["fidelity"]["logits"]["cosine"] > 0.99
+    assert not any(d.startswith("WARNING") for d in data["diagnostics"])
+    ops = {n.op_type for n in onnx.load(str(example / "tiny_resnet.opt.onnx")).graph.node}
+    assert {"QuantizeLinear", "DequantizeLinear"} <= ops
+    # without data: random calibration, and the summary says so loudly
+    code = optimize_main([str(example / "tiny_resnet.onnx"), "--quantize", "int8", "-o", str(example / "q.onnx"),
+                          "--report", str(report)])
+    out = capsys.readouterr().out
+    assert code == 0
+    assert any("RANDOM" in d for d in json.loads(report.read_text())["diagnostics"])
+    assert "RANDOM" in out

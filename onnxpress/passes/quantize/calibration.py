@@ -68,9 +68,10 @@ logger = logging.getLogger(__name__)
 METHODS = ("minmax", "percentile", "entropy")
 #: Quantized levels the entropy search compares against (TensorRT: 128, the positive int8 levels).
 ENTROPY_LEVELS = 128
-#: Captured bytes one runner call may return (pruning's `iter_values` budget, halved: calibration
-#: captures many values at once, and ORT holds its own copy of a feed's outputs meanwhile).
-CHUNK_BYTES = 128 << 20
+#: Captured bytes one runner call may return, and one batch may hold per feed. Peak memory above
+#: the feeds is about 3× this (ORT's output buffers and the copies handed back coexist, and the
+#: previous feed's values are still referenced while the next call runs): ~200 MB at 64 MiB.
+CHUNK_BYTES = 64 << 20
 
 # float32 bit layout: the top 9 bits are the sign and the biased exponent; exponent 255 is inf/NaN.
 _EXP_BITS = 23
@@ -382,18 +383,39 @@ def _finish(name: str, first: _FirstPass, second: _SecondPass | None, settings: 
                        first.samples, histogram, edges, tuple(flags), kept, sentinels)
 
 
+class _Progress:
+    """Counts feeds run; the total assumes two passes for histogram methods, one for minmax, and is
+    corrected as each batch decides whether it needs its second pass."""
+
+    def __init__(self, report: Progress, feeds: int, batches: int, two_passes: bool) -> None:
+        self.report, self.feeds, self.two_passes = report, feeds, two_passes
+        self.done, self.total = 0, feeds * batches * (2 if two_passes else 1)
+        self.label = ""
+
+    def second_pass(self, needed: bool) -> None:
+        if needed != self.two_passes:
+            self.total += self.feeds if needed else -self.feeds
+            self.report(self.done, self.total, f"calibrating {self.label}: min/max")
+
+    def step(self, what: str) -> None:
+        self.done += 1
+        self.report(self.done, self.total, f"calibrating {self.label}: {what}")
+
+
 def _reduce(
     names: Sequence[str],
-    samples: Callable[[], Iterable[Mapping[str, Any]]],
+    samples: Callable[[Sequence[str]], Iterable[Mapping[str, Any]]],
     settings: _Settings,
-    tick: Callable[[int, str], None],
+    progress: _Progress | None = None,
 ) -> dict[str, TensorRange]:
-    """Ranges of `names` from a re-iterable stream of {name: array} samples (one or two passes)."""
+    """Ranges of `names` from `samples(names)`, a re-iterable stream of {name: array} per feed;
+    the second pass asks only for the names that need it."""
     firsts = {name: _FirstPass() for name in names}
-    for values in samples():
+    for values in samples(names):
         for name in names:
             firsts[name].update(values[name])
-        tick(1, "min/max")
+        if progress:
+            progress.step("min/max")
     seconds: dict[str, _SecondPass] = {}
     for name, first in firsts.items():
         if first.unsupported:
@@ -401,14 +423,16 @@ def _reduce(
         needed, drop = _needs_second_pass(first, settings)
         if needed:
             seconds[name] = _second_pass(first, drop, settings)
+    if progress:
+        progress.second_pass(bool(seconds))
     if seconds:
-        for values in samples():
+        for values in samples(list(seconds)):
             for name, second in seconds.items():
                 second.update(values[name])
-            tick(2, "histograms")
+            if progress:
+                progress.step("histograms")
     return {name: _finish(name, first, seconds.get(name), settings)
             for name, first in firsts.items() if not first.unsupported}
-
 
 
 # ----------------------------------------------------------------------------------------------
@@ -433,27 +457,60 @@ def _classify(model: ir.Model, names: Sequence[str]) -> tuple[list[str], list[st
     return run, constant, inside
 
 
-def _static_bytes(model: ir.Model, name: str) -> int:
-    """Bytes of one feed's value `name` from its static shape (symbolic dims count as 1; 0: unknown)."""
-    value = next((v for v in model.graph.inputs if v.name == name), None)
-    if value is None:
-        value = next((v for node in model.graph for v in node.outputs if v.name == name), None)
+def _static_bytes(value: ir.Value | None) -> int | None:
+    """Bytes of one feed's `value` from its static shape; None when not fully known."""
     if value is None or value.shape is None or value.dtype is None:
-        return 0
+        return None
+    if not all(isinstance(d, int) and d >= 0 for d in value.shape.dims):
+        return None
     try:
         itemsize = value.dtype.itemsize
     except (AttributeError, TypeError, ValueError):
-        return 0
-    return int(np.prod([d if isinstance(d, int) else 1 for d in value.shape.dims])) * int(itemsize)
+        return None
+    return int(np.prod(value.shape.dims, dtype=np.int64)) * int(itemsize)
 
 
-def _batches(model: ir.Model, names: Sequence[str], count: int, budget: int) -> list[list[str]]:
-    """Consecutive groups of at most `count` names and (where shapes say) `budget` bytes per feed."""
+def _named_values(model: ir.Model) -> dict[str, ir.Value]:
+    values = {v.name: v for v in model.graph.inputs if v.name}
+    values.update({v.name: v for node in model.graph for v in node.outputs if v.name})
+    return values
+
+
+def _feed_bytes(model: ir.Model, names: Sequence[str], feed: Mapping[str, Any]) -> dict[str, int]:
+    """Estimated bytes of each named value for one feed (0 where even inference cannot tell).
+
+    Static shapes answer directly; otherwise shapes are inferred on a clone (weights shared, not
+    serialised) whose inputs take the first feed's shapes, so symbolic sequence lengths count.
+    """
+    values = _named_values(model)
+    sizes = {name: _static_bytes(values.get(name)) for name in names}
+    if any(size is None for size in sizes.values()):
+        from onnxpress.ir.shapes import infer_shapes, set_input_shapes
+
+        clone = model.clone()
+        inputs = {v.name for v in clone.graph.inputs if not v.is_initializer()}
+        try:
+            set_input_shapes(clone, {k: list(np.shape(v)) for k, v in feed.items() if k in inputs})
+            infer_shapes(clone)
+        except Exception as e:  # sizing is an estimate; calibration does not depend on it
+            logger.debug("shape inference for calibration batches failed: %s", e)
+        inferred = _named_values(clone)
+        for name, size in sizes.items():
+            if size is None:
+                sizes[name] = _static_bytes(inferred.get(name))
+    unknown = [n for n, size in sizes.items() if size is None]
+    if unknown:
+        logger.debug("%d value(s) of unknown size; batched by count only: %s", len(unknown), unknown[:5])
+    return {name: size or 0 for name, size in sizes.items()}
+
+
+def _batches(names: Sequence[str], sizes: Mapping[str, int], count: int, budget: int) -> list[list[str]]:
+    """Consecutive groups of at most `count` names and (where sizes are known) `budget` bytes per feed."""
     batches: list[list[str]] = []
     current: list[str] = []
     held = 0
     for name in names:
-        size = _static_bytes(model, name)
+        size = sizes[name]
         if current and (len(current) >= count or held + size > budget):
             batches.append(current)
             current, held = [], 0
@@ -486,11 +543,13 @@ def calibrate(
     Names that cannot be calibrated are absent from the result: values inside subgraphs (warned),
     non-numeric values, and everything that needs a run when the context has no runner or no data
     (warned). Unknown names raise KeyError. `progress(done, total, what)` is called after every
-    feed of every pass; `total` may grow when a min/max batch needs a second pass for sentinels.
+    feed of every pass; `total` is corrected as each batch learns whether it needs a second pass
+    (a min/max batch with sentinels does; a histogram batch of constant tensors does not).
     Memory: a batch holds at most `batch_values` names and, where static shapes tell, at most
     `chunk_bytes` of one feed's values; a runner call returns at most `chunk_bytes` of values
     (more feeds per call when a feed's values are small: fewer calls are faster, each opens a
-    session). Peak memory is about three times `chunk_bytes` above the feeds themselves.
+    session). Peak memory is about three times `chunk_bytes` above the feeds themselves; a larger
+    budget means fewer batches, so fewer runs over the data.
     """
     if method not in METHODS:
         raise ValueError(f"unknown calibration method '{method}'; expected one of {', '.join(METHODS)}")
@@ -504,12 +563,11 @@ def calibrate(
     if inside:
         logger.warning("%d value(s) inside If/Loop/Scan bodies cannot be exposed and stay uncalibrated: %s",
                        len(inside), ", ".join(inside[:5]) + (" ..." if len(inside) > 5 else ""))
-    report = progress or _no_progress
     ranges: dict[str, TensorRange] = {}
 
     if constant_names:
         constants = {n: model.graph.initializers[n].const_value.numpy() for n in constant_names}
-        ranges.update(_reduce(constant_names, lambda: [constants], settings, lambda _p, _w: None))
+        ranges.update(_reduce(constant_names, lambda _names: [constants], settings))
 
     feeds = ctx.feeds(limit) if run_names else []
     if run_names and (ctx.runner is None or not feeds):
@@ -535,29 +593,23 @@ def calibrate(
             logger.info("range cache %s: %d of %d value(s) cached", cache.path, hits, len(run_names))
 
     todo = [n for n in run_names if n not in ranges]
-    batches = _batches(model, todo, batch_values, chunk_bytes)
-    passes = 1 if method == "minmax" else 2
-    state = {"done": 0, "total": len(batches) * len(feeds) * passes}
+    sizes = _feed_bytes(model, todo, feeds[0]) if todo else {}
+    batches = _batches(todo, sizes, batch_values, chunk_bytes)
+    if batches:
+        logger.info("calibrating %d value(s) in %d batch(es) over %d feed(s) (%s)",
+                    len(todo), len(batches), len(feeds), method)
+    tracker = _Progress(progress or _no_progress, len(feeds), len(batches), method != "minmax")
+
+    def samples(batch: Sequence[str]) -> Iterator[Mapping[str, Any]]:
+        for (values,) in iter_values(ctx.runner, [(model, batch)], feeds, chunk_bytes=chunk_bytes):
+            yield values
+
     for index, batch in enumerate(batches, 1):
-        label = f"batch {index}/{len(batches)} ({len(batch)} values)"
-        grown = {"second": False}
-
-        def tick(pass_no: int, what: str, label: str = label, grown: dict = grown) -> None:
-            if pass_no == 2 and passes == 1 and not grown["second"]:
-                grown["second"] = True
-                state["total"] += len(feeds)
-            state["done"] += 1
-            report(state["done"], state["total"], f"calibrating {label}: {what}")
-
-        def samples(batch: list[str] = batch) -> Iterator[Mapping[str, Any]]:
-            for (values,) in iter_values(ctx.runner, [(model, batch)], feeds, chunk_bytes=chunk_bytes):
-                yield values
-
-        found = _reduce(batch, samples, settings, tick)
+        tracker.label = f"batch {index}/{len(batches)} ({len(batch)} values)"
+        found = _reduce(batch, samples, settings, tracker)
         ranges.update(found)
         flagged = sum("sentinel" in r.flags for r in found.values())
-        logger.info("calibrated %s over %d feed(s) (%s)%s", label, len(feeds), method,
-                    f"; {flagged} with sentinels excluded" if flagged else "")
+        logger.info("calibrated %s%s", tracker.label, f"; {flagged} with sentinels excluded" if flagged else "")
         if cache is not None:
             cache.update({n: r.to_json() for n, r in found.items()})
     skipped = [n for n in run_names if n not in ranges]

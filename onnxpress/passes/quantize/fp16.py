@@ -64,8 +64,10 @@ DEFAULT_FRAGILE = frozenset({
 #: Sums / means over more elements than this stay float32 (float16 has an 11-bit significand).
 REDUCE_LIMIT = 256
 _SUMS = frozenset({"ReduceMean", "ReduceSum", "ReduceL1"})
-#: Ops whose output type an attribute sets: their outputs keep their type.
-_ATTRIBUTE_TYPED = frozenset({"Cast", "Constant", "ConstantOfShape", "RandomNormal", "RandomUniform", "Multinomial"})
+#: Ops whose output type an attribute sets (besides those with a `to` / `dtype` /
+#: `output_datatype` attribute in their schema): their outputs keep their type.
+_ATTRIBUTE_TYPED = frozenset({"Cast", "Constant", "ConstantOfShape"})
+_TYPE_ATTRIBUTES = frozenset({"to", "dtype", "output_datatype"})
 #: Ops whose output type is an optional attribute's, else their input's: simplest left float32.
 _OPTIONALLY_TYPED = frozenset({"EyeLike", "RandomNormalLike", "RandomUniformLike", "Bernoulli"})
 
@@ -116,8 +118,13 @@ class _Plan:
     outputs: list[int]
 
 
+def _is_float32(value: ir.Value | None) -> bool:
+    """A float32 tensor (sequences and optionals of float32 are left as they are)."""
+    return value is not None and isinstance(value.type, ir.TensorType) and value.dtype == F32
+
+
 def _float_slots(values: Any) -> list[int]:
-    return [i for i, v in enumerate(values) if v is not None and v.dtype == F32]
+    return [i for i, v in enumerate(values) if _is_float32(v)]
 
 
 def _param(params: list[Any], index: int) -> Any:
@@ -137,6 +144,7 @@ def _schema_plan(node: ir.Node, opset: int) -> _Plan | str:
     constraints = {c.type_param_str: set(c.allowed_type_strs) for c in schema.type_constraints}
     if node.op_type in _OPTIONALLY_TYPED:
         return "output type set by an optional attribute"
+    attribute_typed = node.op_type in _ATTRIBUTE_TYPED or bool(_TYPE_ATTRIBUTES & set(schema.attributes))
     bound = {p.type_str for p in schema.outputs if p.type_str in constraints}
     # a constraint that several inputs share must give them one type, even if no output uses it
     slots = Counter(getattr(_param(list(schema.inputs), i), "type_str", None) for i in range(len(node.inputs))
@@ -154,9 +162,9 @@ def _schema_plan(node: ir.Node, opset: int) -> _Plan | str:
                 return "no float16 in the schema"
             inputs[i] = F32
         else:
-            inputs[i] = F16 if param.type_str in bound and node.op_type not in _ATTRIBUTE_TYPED else ANY
+            inputs[i] = F16 if param.type_str in bound and not attribute_typed else ANY
     outputs = []
-    if node.op_type not in _ATTRIBUTE_TYPED:
+    if not attribute_typed:
         for i in _float_slots(node.outputs):
             param = _param(list(schema.outputs), i)
             if param is None or param.type_str not in constraints:
@@ -190,8 +198,7 @@ class ConvertFp16Pass(Pass):
 
     def run(self, model: ir.Model, am: Any) -> PassResult:
         graph = model.graph
-        if any(v.type is None for node in graph for v in node.outputs):
-            infer_shapes(model)
+        inferred = any(v.type is None for node in graph for v in node.outputs) and infer_shapes(model)
         opset = u.default_opset(model)
         kept: Counter[str] = Counter()
         plans: dict[int, _Plan] = {}
@@ -207,7 +214,7 @@ class ConvertFp16Pass(Pass):
 
         home = self._home_types(model, plans)
         if not any(t == F16 for t in home.values()):
-            return PassResult(model, False, {"nodes_converted": 0, "kept_float": dict(kept)})
+            return PassResult(model, inferred, {"nodes_converted": 0, "kept_float": dict(kept)})
         names = u.NameScope(model)
         stats = self._convert_constants(model, home)
         for value, dtype in home.values_items():
@@ -242,18 +249,18 @@ class ConvertFp16Pass(Pass):
         graph = model.graph
         homes = _Homes()
         for value in graph.inputs:
-            if value.dtype == F32:  # an overridable initializer keeps its float32 data
+            if _is_float32(value):  # an overridable initializer keeps its float32 data
                 homes.set(value, F32 if self.options.keep_io or value.const_value is not None else F16)
         for node in graph:
             plan = plans.get(id(node))
             for i in _float_slots(node.outputs):
                 homes.set(node.outputs[i], F16 if plan is not None and i in plan.outputs else F32)
-        constants = [v for v in graph.initializers.values() if not v.is_graph_input() and v.dtype == F32]
+        constants = [v for v in graph.initializers.values() if not v.is_graph_input() and _is_float32(v)]
         constants += [node.outputs[0] for node in graph if node.op_type == "Constant" and node.domain in ("", "ai.onnx")
-                      and node.outputs and node.outputs[0].dtype == F32 and "value" in node.attributes]
+                      and _is_float32(node.outputs[0]) and "value" in node.attributes]
         # Cast(to=float) whose readers all want float16 can cast to float16 directly
         constants += [node.outputs[0] for node in graph if id(node) in plans and node.op_type == "Cast"
-                      and node.outputs[0].dtype == F32]
+                      and _is_float32(node.outputs[0])]
         for value in constants:
             wants = {_wanted(use.node, use.idx, graph, plans) for use in value.uses()}
             homes.set(value, F16 if F16 in wants and wants <= {F16, ANY} and not value.is_graph_output() else F32)

@@ -57,6 +57,9 @@ FRAGILE = frozenset(
 #: range the clip covers: folded into the producer's output range.
 FOLDABLE = frozenset({"Relu", "Clip"})
 
+#: `_decide`'s answer for a node without float data (int64 shape arithmetic): not a candidate at all.
+NOT_FLOAT = "no float inputs"
+
 AxisFn = Callable[[ir.Node, int, int], "int | None"]
 
 
@@ -327,7 +330,7 @@ def _decide(
             return f"input {value.name!r}: {problem}"
         acts.append(value)
     if not acts:
-        return "no activation input"
+        return NOT_FLOAT if not weights else "no activation input"
     if node.op_type == "Concat" and len(acts) > 1:
         mags = [m for m in (_absmax(ranges[v.name]) for v in acts) if m > 0]
         if mags and max(mags) > range_ratio * min(mags):
@@ -377,6 +380,8 @@ def place(
             plan.keep_float(node, "subgraph not calibrated")
             continue
         decision = _decide(node, rule, ranges, excluded, range_ratio, plan.tensors_kept_float)
+        if decision is NOT_FLOAT:  # shape arithmetic on int64 and the like: nothing to report
+            continue
         if isinstance(decision, str):
             plan.keep_float(node, decision)
             continue

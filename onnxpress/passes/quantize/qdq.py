@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import dataclasses
 import logging
+import re
 from collections import Counter
 from typing import Any
 
@@ -37,6 +38,7 @@ from onnxpress.passes.cleanup import _util as u
 from onnxpress.passes.manager import PassContext
 from onnxpress.passes.quantize import placement as pl
 from onnxpress.passes.quantize import quant_math as qm
+from onnxpress.passes.quantize.calibration import calibrate
 from onnxpress.passes.registry import register_pass
 
 __all__ = ["QuantizeQdqPass"]
@@ -108,8 +110,6 @@ class QuantizeQdqPass(Pass):
             object.__setattr__(self, "exclude", tuple(self.exclude))
             for pattern in self.exclude:
                 if pattern.startswith("re:"):
-                    import re
-
                     try:
                         re.compile(pattern[3:])
                     except re.error as e:
@@ -145,8 +145,6 @@ class QuantizeQdqPass(Pass):
 
         cands = pl.candidates(model, qdq_ops)
         names = pl.tensors_to_calibrate(model, cands, excluded)
-        from onnxpress.passes.quantize.calibration import calibrate
-
         ranges = calibrate(model, ctx, names, method=opts.calibration, percentile=opts.percentile,
                            limit=opts.max_samples, cache_dir=ctx.config.get("calibration_cache_dir"))
         float_bias = opts.bias == "float" or bool(caps is not None and caps.float_bias)
@@ -176,6 +174,7 @@ class QuantizeQdqPass(Pass):
             weight_bytes_before=bytes_before,
             weight_bytes_after=weight_bytes(model),
         )
+        stats["size_ratio"] = round(stats["weight_bytes_after"] / max(bytes_before, 1), 4)
         modified = bool(plan.nodes or plan.shared_nodes or stats.get("opset"))
         logger.info("quantize-qdq: %d op(s) quantized %s, %d kept float, weights %d -> %d bytes",
                     len(plan.nodes), stats["ops_quantized"], len(plan.kept_float),
