@@ -22,18 +22,26 @@ __all__ = ["infer_shapes", "parse_input_shape", "set_input_shapes"]
 logger = logging.getLogger(__name__)
 
 
-def infer_shapes(model: ir.Model) -> bool:
+def infer_shapes(model: ir.Model, *, data_prop: bool = True) -> bool:
     """Infer shapes and types in place; True when any value's shape or type changed.
 
-    Never raises for models the inferencer cannot handle: it logs why and returns False.
+    Never raises for models the inferencer cannot handle (custom domains, ops it rejects,
+    protobuf limits): it logs why at debug level and returns False, leaving the model as it was.
     """
+    inner = ShapeInferencePass(check_type=False, strict_mode=False, data_prop=data_prop)
+    # onnx_ir logs a failed inference as a warning; for us it is "cannot apply here".
+    ir_logger = logging.getLogger("onnx_ir.passes.common.shape_inference")
+    level = ir_logger.level
+    ir_logger.setLevel(logging.ERROR)
     try:
-        result = ShapeInferencePass(check_type=False, strict_mode=False, data_prop=True)(model)
-    except Exception as e:  # custom ops, invalid models, protobuf limits: inference is best effort
-        logger.warning("shape inference failed, shapes left as they were: %s", e)
+        result = inner(model)
+    except Exception as e:  # inference is best effort
+        logger.debug("shape inference failed, shapes left as they were: %s", e)
         return False
+    finally:
+        ir_logger.setLevel(level)
     logger.debug("shape inference %s", "updated shapes" if result.modified else "changed nothing")
-    return result.modified
+    return bool(result.modified)
 
 
 def set_input_shapes(model: ir.Model, shapes: dict[str, list[int]]) -> None:

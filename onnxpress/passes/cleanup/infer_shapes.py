@@ -7,8 +7,8 @@ import logging
 from typing import Any
 
 import onnx_ir as ir
-from onnx_ir.passes.common import ShapeInferencePass
 
+from onnxpress.ir.shapes import infer_shapes
 from onnxpress.passes.base import Pass, PassResult
 from onnxpress.passes.registry import register_pass
 
@@ -34,16 +34,4 @@ class InferShapesPass(Pass):
         data_prop: bool = True
 
     def run(self, model: ir.Model, am: Any) -> PassResult:
-        inner = ShapeInferencePass(check_type=False, strict_mode=False, data_prop=self.options.data_prop)
-        # onnx_ir logs a failed inference as a warning; for us it is just "cannot apply here".
-        ir_logger = logging.getLogger("onnx_ir.passes.common.shape_inference")
-        level = ir_logger.level
-        ir_logger.setLevel(logging.ERROR)
-        try:
-            result = inner(model)
-        except Exception as e:  # inference of an unusual model must never stop the pipeline
-            logger.debug("shape inference failed, model left unchanged: %s", e)
-            return PassResult(model, False)
-        finally:
-            ir_logger.setLevel(level)
-        return PassResult(model, bool(result.modified))
+        return PassResult(model, infer_shapes(model, data_prop=self.options.data_prop))

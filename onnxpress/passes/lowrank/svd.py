@@ -1,7 +1,7 @@
 """LowRankSvdPass: a linear layer's weight replaced by two thin factors, y = (x·A)·B.
 
 `lowrank-svd{rank-ratio= energy= rank= data-aware=false min-gain=0.1 align=8 closed-loop=false
-allocation=uniform refit=false ridge=0.001 include= exclude=}` turns
+allocation=uniform refit=false ridge=0.05 include= exclude=}` turns
 `MatMul(x, W)` into `MatMul(MatMul(x, A), B)` and `Gemm(x, B, C)` into `Gemm(Gemm(x, A), B', C)`
 (`MatMul` where the Gemm has no C and no transA), with W ≈ A·B of rank r. x may have any number
 of leading batch / sequence dims; a bias Add after a MatMul stays where it is, Gemm keeps its C and
@@ -70,7 +70,9 @@ class LowRankSvdPass(LayerwisePass):
     `refit=true` refits, by ridge least squares against the original outputs, the second factor
     and a bias correction of each decomposed layer that has a bias (closed loop), and every
     non-decomposed MatMul / Gemm that follows a decomposed one through element-wise ops only.
-    `ridge` is the damping of those solves (times mean(diag XᵀX)). `include` / `exclude` (node
+    `ridge` is the damping of those solves (times mean(diag XᵀX)), pulling towards the original
+    weight: on MiniLM with ~4.6k domain-shifted calibration tokens a 1536-wide closed-loop target
+    overfits at 0.001 (mean embedding cosine 0.85) and not at 0.05 (0.87). `include` / `exclude` (node
     names, `re:REGEX`, `op:TYPE`, comma-separated) restrict the layers considered.
 
     Skips, with a debug log and a count in `stats["skip_reasons"]`: dynamic or shared weights,
@@ -93,7 +95,7 @@ class LowRankSvdPass(LayerwisePass):
         closed_loop: bool = False
         allocation: str = "uniform"
         refit: bool = False
-        ridge: float = 1e-3
+        ridge: float = 0.05
         include: tuple[str, ...] = ()
         exclude: tuple[str, ...] = ()
 

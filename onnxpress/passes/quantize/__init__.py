@@ -6,9 +6,21 @@ every quantization pass shares. `quantize_fragment` is the pipeline text behind 
 """
 
 from onnxpress.passes.quantize.calibration import METHODS, TensorRange, calibrate
+from onnxpress.passes.quantize.dynamic import QuantizeDynamicPass
+from onnxpress.passes.quantize.fp16 import ConvertFp16Pass
 from onnxpress.passes.quantize.qdq import QuantizeQdqPass
+from onnxpress.passes.quantize.weights import QuantizeWeightsPass
 
-__all__ = ["METHODS", "QuantizeQdqPass", "TensorRange", "calibrate", "quantize_fragment"]
+__all__ = [
+    "METHODS",
+    "ConvertFp16Pass",
+    "QuantizeDynamicPass",
+    "QuantizeQdqPass",
+    "QuantizeWeightsPass",
+    "TensorRange",
+    "calibrate",
+    "quantize_fragment",
+]
 
 #: `--quantize KIND` -> pipeline text (CPU defaults for int8: uint8 asymmetric activations,
 #: int8 symmetric per-channel weights, int32 bias).
@@ -31,4 +43,3 @@ def quantize_fragment(kind: str, data: bool) -> str:
         return _FRAGMENTS[kind]
     except KeyError:
         raise ValueError(f"--quantize takes one of {', '.join(_FRAGMENTS)}, got {kind!r}") from None
-from onnxpress.passes.quantize import weights, dynamic, fp16  # noqa: F401

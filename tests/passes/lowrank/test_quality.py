@@ -1,0 +1,159 @@
+"""lowrank-svd's quality options: closed-loop fitting, sensitivity rank allocation, the
+least-squares refit of following layers, and include / exclude scopes (small synthetic models)."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pytest
+
+from onnxpress.backends.ort import OrtRunner
+from onnxpress.errors import PipelineError
+from onnxpress.passes import PassManager
+from onnxpress.passes.lowrank import LowRankSvdPass
+from onnxpress.passes.lowrank import math as lrm
+from onnxpress.passes.manager import PassContext
+from tests.passes.lowrank.test_passes import checked, ops
+from tests.passes.pruning._models import Builder
+from tests.util import run
+
+
+def feeds(n: int, seed: int, dim: int = 32) -> list[dict[str, np.ndarray]]:
+    """Correlated inputs: directions scaled from 3 to 0.1 under a fixed rotation."""
+    rng = np.random.default_rng(seed)
+    rotation = np.linalg.qr(np.random.default_rng(11).standard_normal((dim, dim)))[0]
+    scales = np.logspace(0.5, -1, dim)
+    return [{"x": ((rng.standard_normal((4, 16, dim)) * scales) @ rotation).astype(np.float32)} for _ in range(n)]
+
+
+def rel_error(before, after, data) -> float:
+    ref, got = run(before, data), run(checked(after), data)
+    num = sum(float(np.sum((r[k] - g[k]) ** 2)) for r, g in zip(ref, got) for k in r)
+    den = sum(float(np.sum(r[k] ** 2)) for r in ref for k in r)
+    return math.sqrt(num / den)
+
+
+def chain(layers: int = 3, dim: int = 32, bias: bool = True):
+    """x -> (MatMul + bias -> Tanh) x layers; near-full-rank random weights."""
+    b = Builder(seed=3)
+    h = b.input("x", [4, 16, dim])
+    for i in range(layers):
+        h = b.op("MatMul", [h, b.init(f"w{i}", b.rand(dim, dim) / math.sqrt(dim) * 2)], name=f"fc{i}")
+        if bias:
+            h = b.op("Add", [h, b.init(f"b{i}", b.rand(dim) * 0.5)], name=f"fc{i}_bias")
+        if i < layers - 1:
+            h = b.op("Tanh", [h])
+    return b.model([h])
+
+
+def compressed(model, data, **options):
+    out = model.clone()
+    with PassContext(runner=OrtRunner(), data=data):
+        result = LowRankSvdPass(**options)(out)
+    return out, result
+
+
+# -- closed loop -------------------------------------------------------------------------------
+def test_closed_loop_beats_open_loop_on_a_chain():
+    original, cal, held_out = chain(), feeds(24, 0), feeds(6, 1)
+    open_loop, _ = compressed(original, cal, rank=8, align=1, data_aware=True)
+    closed, result = compressed(original, cal, rank=8, align=1, closed_loop=True)
+    assert [layer["method"] for layer in result.stats["layers"]] == ["closed-loop-svd"] * 3
+    assert ops(closed).count("MatMul") == 6
+    err_open, err_closed = rel_error(original, open_loop, held_out), rel_error(original, closed, held_out)
+    assert err_closed < 0.9 * err_open, (err_closed, err_open)
+
+
+def test_closed_loop_bias_refit_and_exact_recovery():
+    # true rank 4 everywhere: closed loop recovers the model exactly
+    b = Builder(seed=4)
+    h = b.input("x", [4, 16, 32])
+    for i in range(2):
+        w = b.rand(32, 4) @ b.rand(4, 32) / 8
+        h = b.op("Add", [b.op("MatMul", [h, b.init(f"w{i}", w)], name=f"fc{i}"), b.init(f"b{i}", b.rand(32))])
+        h = b.op("Relu", [h]) if i == 0 else h
+    original = b.model([h])
+    cal = feeds(8, 0)
+    out, result = compressed(original, cal, rank=4, align=1, closed_loop=True, refit=True)
+    assert all(layer["output_error"] < 1e-4 for layer in result.stats["layers"])
+    assert rel_error(original, out, feeds(2, 5)) < 1e-4
+
+
+# -- sensitivity allocation ------------------------------------------------------------------------
+def spectrum_weight(rng, k: int, n: int, decay: float) -> np.ndarray:
+    u = np.linalg.qr(rng.standard_normal((k, k)))[0]
+    v = np.linalg.qr(rng.standard_normal((n, n)))[0]
+    s = np.exp(-decay * np.arange(min(k, n)))
+    return (u[:, : len(s)] * s) @ v[: len(s)]
+
+
+def test_allocate_ranks_follows_the_spectra_within_the_budget():
+    rng = np.random.default_rng(0)
+    shapes = [(64, 64), (64, 64), (64, 128)]
+    spectra = [lrm.singular_values(spectrum_weight(rng, k, n, d)) for (k, n), d in zip(shapes, (0.3, 0.0, 0.05))]
+    ranks = lrm.allocate_ranks(shapes, spectra, keep=0.5, align=4)
+    cost = sum(k * n if r is None else r * (k + n) for (k, n), r in zip(shapes, ranks))
+    assert cost <= 0.5 * sum(k * n for k, n in shapes)
+    assert ranks[1] is None or ranks[0] < ranks[1]  # the fast-decaying spectrum gives up more
+    assert all(r is None or r % 4 == 0 for r in ranks)
+    assert lrm.allocate_ranks(shapes, spectra, keep=1.0) == [None, None, None]
+
+
+def parallel_model():
+    """Two layers reading the same input, with very different spectra, two outputs."""
+    rng = np.random.default_rng(2)
+    b = Builder()
+    x = b.input("x", [4, 16, 32])
+    y1 = b.op("MatMul", [x, b.init("steep", spectrum_weight(rng, 32, 32, 0.4).astype(np.float32))], name="steep")
+    y2 = b.op("MatMul", [x, b.init("flat", spectrum_weight(rng, 32, 32, 0.01).astype(np.float32))], name="flat")
+    return b.model([y1, y2])
+
+
+def test_sensitivity_allocation_beats_uniform_at_equal_params():
+    original, cal, held_out = parallel_model(), feeds(8, 0), feeds(4, 1)
+    uniform, r_uni = compressed(original, cal, rank_ratio=0.5, align=2, data_aware=True)
+    alloc, r_alloc = compressed(original, cal, rank_ratio=0.5, align=2, data_aware=True, allocation="sensitivity")
+
+    def total(result):  # parameters of both layers after (dense ones count whole)
+        dense = 32 * 32 * (2 - result.stats["decomposed"])
+        return result.stats["params_after"] + dense
+
+    assert total(r_alloc) <= total(r_uni)
+    ranks = r_alloc.stats["allocation"]
+    assert ranks["flat"] is None or ranks["steep"] < ranks["flat"]
+    err_uni, err_alloc = rel_error(original, uniform, held_out), rel_error(original, alloc, held_out)
+    assert err_alloc < 0.8 * err_uni, (err_alloc, err_uni)
+
+
+def test_sensitivity_without_data_reads_the_weight_spectra():
+    model = parallel_model()
+    with PassContext() as ctx:
+        result = LowRankSvdPass(rank_ratio=0.5, align=2, allocation="sensitivity")(model)
+    assert ctx.diagnostics and result.stats["allocation"]["steep"] is not None
+
+
+# -- refit of the following layer and scopes ---------------------------------------------------------
+def test_refit_of_a_following_layer_outside_the_scope():
+    original, cal, held_out = chain(layers=2), feeds(24, 0), feeds(6, 1)
+    plain, r0 = compressed(original, cal, rank=8, align=1, data_aware=True, include=("fc0",))
+    refitted, r1 = compressed(original, cal, rank=8, align=1, data_aware=True, include=("fc0",), refit=True)
+    assert r0.stats["decomposed"] == r1.stats["decomposed"] == 1
+    assert r0.stats["skip_reasons"] == {"out of scope (include / exclude)": 1}
+    assert r1.stats["refits"]["fc1"]["refitted"]
+    assert ops(refitted).count("MatMul") == 3
+    assert rel_error(original, refitted, held_out) < 0.9 * rel_error(original, plain, held_out)
+
+
+def test_include_exclude_patterns():
+    model = chain(layers=3)
+    result = LowRankSvdPass(rank=4, align=1, include=("re:fc[01]",), exclude=("fc1",))(model)
+    assert [layer["node"] for layer in result.stats["layers"]] == ["fc0"]
+    pm = PassManager.from_pipeline(r"lowrank-svd{include=re:intermediate/dense|layer\.\d+/output/dense "
+                                   "closed-loop=true allocation=sensitivity refit=true ridge=0.01}")
+    opts = pm.passes[0].options
+    assert opts.include == (r"re:intermediate/dense|layer\.\d+/output/dense",) and opts.closed_loop
+    for bad in ("lowrank-svd{allocation=greedy}", "lowrank-svd{allocation=sensitivity rank=4}",
+                "lowrank-svd{include=re:(}", "lowrank-svd{ridge=0}"):
+        with pytest.raises(PipelineError):
+            PassManager.from_pipeline(bad)
