@@ -17,7 +17,10 @@ import onnx_ir as ir
 
 from onnxpress.errors import InputError
 
-__all__ = ["Capabilities", "Backend", "register_backend", "get_backend", "backend_names", "ENTRY_POINT_GROUP"]
+__all__ = [
+    "BUILTIN_TARGETS", "Capabilities", "Backend", "register_backend", "get_backend", "backend_names",
+    "ENTRY_POINT_GROUP",
+]
 
 logger = logging.getLogger(__name__)
 
@@ -26,7 +29,24 @@ ENTRY_POINT_GROUP = "onnxpress.backends"
 
 @dataclasses.dataclass(frozen=True)
 class Capabilities:
-    """What a target EP can run fast; the quantization and legalization passes read this."""
+    """What a target EP can run fast; the quantization and legalization passes read this.
+
+    providers: the EPs a session asks for, preferred first (the first one is "the target's").
+    qdq_ops: op types the EP runs as integer kernels when wrapped in QuantizeLinear /
+        DequantizeLinear; every other op runs in float (`remove-float-qdq` strips QDQ around it).
+    activation_dtypes / weight_dtypes: the QDQ integer types it fuses.
+    symmetric_activations_only: zero points must be 0 (TensorRT rejects asymmetric Q/DQ).
+    float_bias: Conv / Gemm biases stay float (TensorRT quantizes them itself).
+    output_qdq: its integer kernels consume a Q after the op (QLinearConv on CPU); False means Q/DQ
+        go on op inputs only (TensorRT's explicit quantization).
+    sixteen_bit_activations: uint16 / int16 activations run fast (QNN HTP).
+    whole_graph_quantized: every op should run quantized, or the EP falls back to CPU (QNN HTP).
+    static_shapes_required: every graph input needs fixed dims (QNN, CoreML).
+    opset_range: default-domain opsets the target loads; `convert-opset` converts into it.
+    prefers_fp16: float16 compute is the fast path (CUDA, TensorRT, DML).
+    missing_ops: ops it has no kernel for (not exhaustive; `check-target-ops` warns about them).
+    provider_options: options for the first provider when a session is opened on it.
+    """
 
     target: str
     providers: tuple[str, ...]
@@ -37,6 +57,18 @@ class Capabilities:
     opset_range: tuple[int, int] = (7, 23)
     prefers_fp16: bool = False
     missing_ops: frozenset[str] = frozenset()
+    activation_dtypes: frozenset[str] = frozenset({"uint8", "int8"})
+    weight_dtypes: frozenset[str] = frozenset({"int8", "uint8"})
+    per_channel_weights: bool = True
+    output_qdq: bool = True
+    sixteen_bit_activations: bool = False
+    whole_graph_quantized: bool = False
+    provider_options: tuple[tuple[str, str], ...] = ()
+
+    @property
+    def provider(self) -> str:
+        """The target's own execution provider (the others are fallbacks)."""
+        return self.providers[0]
 
 
 @runtime_checkable
@@ -54,6 +86,10 @@ class Backend(Protocol):
         """Write the final model for this target."""
 
 
+#: The targets shipped with onnxpress, one module each under onnxpress/backends/.
+BUILTIN_TARGETS = ("cpu", "cuda", "tensorrt", "openvino", "qnn", "dml", "coreml")
+
+
 _BACKENDS: dict[str, Any] = {}
 _loaded = {"builtins": False, "entry_points": False}
 
@@ -68,7 +104,10 @@ def register_backend(backend: Any) -> Any:
 def _ensure_loaded() -> None:
     if not _loaded["builtins"]:
         _loaded["builtins"] = True
-        import onnxpress.backends.cpu  # noqa: F401
+        import importlib
+
+        for name in BUILTIN_TARGETS:
+            importlib.import_module(f"onnxpress.backends.{name}")
     if not _loaded["entry_points"]:
         _loaded["entry_points"] = True
         from importlib.metadata import entry_points

@@ -98,6 +98,7 @@ def iter_values(
                 row.append({n: np.asarray(result[i][n] if n in ran else feed[n]) for n in names})
             per_feed = max(per_feed, sum(_nbytes(values) for values in row))
             yield row
+            del row  # hold no sample's values while the next one (or the next run) is produced
         del results
         start += len(batch)
         chunk = int(min(MAX_CHUNK, max(1, chunk_bytes // max(per_feed, 1))))

@@ -3,25 +3,26 @@
 `calibrate` runs the model on the context's runner over the context's data with the wanted
 intermediate values exposed as graph outputs (pruning's `iter_values`), and reduces every captured
 array into small running statistics the moment it arrives; activations are never kept. Values go
-in batches of `batch_values` names per run, so a model whose activations add up to gigabytes per
-sample holds only one batch's worth at a time.
+in batches of at most `batch_values` names and (sizes from shape inference) `chunk_bytes` per feed,
+so a model whose activations add up to gigabytes per sample holds only one batch's worth at a time.
 
 Per batch there are at most two passes over the data:
 
 1. running min/max, and a histogram of the float32 *binary exponents* (sign and octave of every
    element: 512 exact counters). The octave histogram finds **sentinels** — mask constants such as
    -3.4e38, -1e9, ±inf that would otherwise set the scale — and bounds the range of the rest;
-2. (percentile and entropy, or when sentinels must be cut out) a fixed-range histogram of
-   `num_bins` bins over the pass-1 range with sentinels excluded, and the exact min/max of what
-   is kept.
+2. (percentile and entropy, or when sentinels must be cut out; only the values that need it are
+   exposed) a fixed-range histogram of `num_bins` bins over the pass-1 range with sentinels
+   excluded, and the exact min/max of what is kept.
 
 Methods: `minmax` (exact min/max), `percentile` (two-sided: each tail holds (100-p) % of the
 values; interpolated inside a histogram bin), `entropy` (the KL-divergence threshold search of
-TensorRT's int8 calibrator on the |x| histogram, vectorised over all candidate thresholds; any
-histogram works, including all-zero, constant and few-valued tensors).
+TensorRT's int8 calibrator on the histogram of nonzero |x| — exact zeros are exact under any
+scale, and a post-ReLU spike at 0 would otherwise drag the clip down — vectorised over all
+candidate thresholds; any histogram works, including all-zero, constant and few-valued tensors).
 
 Sentinels: with octave resolution, a magnitude is a sentinel when it is > ~1e4× the 99.99th
-percentile of |x| (at least 2^13×, at most 2^15×), or when it is at least 1e3 and sits above an
+percentile of nonzero |x| (always above 2^13×, always flagged from 2^15×), or when it is at least 1e3 and sits above an
 empty gap of 14 octaves with at least 1 % of the nonzero values below it (a mask that covers much
 of the tensor, so the percentile itself is a mask value). NaN and ±inf are always excluded. Such
 ranges carry the flag "sentinel" and exclude the sentinels; the QDQ inserter decides what to do.
