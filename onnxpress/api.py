@@ -22,11 +22,14 @@ from onnxpress.passes.base import Tolerance
 from onnxpress.passes.manager import PassContext, PassInstrument, PassManager
 from onnxpress.passes.pipeline import build_pipeline
 
-__all__ = ["RANDOM_DATA", "Result", "load", "save", "optimize", "resolve_pipeline", "VERIFY_MODES"]
+__all__ = ["RANDOM_DATA", "Result", "load", "save", "optimize", "replay", "resolve_pipeline", "VERIFY_MODES",
+           "PLACEMENT_MODES"]
 
 logger = logging.getLogger(__name__)
 
 VERIFY_MODES = ("auto", "none", "structure", "numeric")
+#: `placement=`: "auto" checks models up to 1 GiB of weights where the target's EP is installed.
+PLACEMENT_MODES = ("auto", "on", "off")
 
 #: `data=RANDOM_DATA` asks for seeded random feeds (for calibration without user data), and says so
 #: loudly in the report.
@@ -63,11 +66,15 @@ class Result:
 
 def resolve_pipeline(pipeline: str | None = None, *, level: int | None = None, target: str = "cpu",
                      fragments: Sequence[str] = ()) -> str:
-    """The full pipeline text: an explicit pipeline, else the target's -O level, then fragments."""
+    """The full pipeline text: an explicit pipeline, else the target's -O level, then fragments;
+    on targets with legalization (every built-in one but `cpu`) its prelude and tail around them."""
     from onnxpress.backends.base import get_backend
 
+    backend = get_backend(target)
+    compose = getattr(backend, "compose", None)
+    if compose is not None:  # the target's legalization goes around the body and the fragments
+        return compose(pipeline, 2 if level is None else level, list(fragments))
     if pipeline is None:
-        backend = get_backend(target)
         pipeline = backend.pipeline(2 if level is None else level)
     parts = [p for p in (pipeline, *fragments) if p]
     return ",".join(parts)
@@ -91,6 +98,7 @@ def optimize(
     instruments: Sequence[PassInstrument] = (),
     num_random: int = 4,
     config: Mapping[str, Any] | None = None,
+    placement: str = "auto",
 ) -> Result:
     """Run `pipeline` (default: the target's -O2) over `model` and return the result with a report.
 
@@ -106,6 +114,12 @@ def optimize(
             outputs compared to the pre-pass model after every pass that changed something, and
             the final fidelity), or ``"auto"`` (numeric when `data` is given, else structure).
         output: where to save the result (atomically); ``None`` keeps it in memory only.
+        placement: ``"auto"`` / ``"on"``: after the pipeline, run the result once in a profiled
+            session on the target's EP (where this onnxruntime has it) and report which provider
+            ran each node (``"auto"`` skips models over 1 GiB of weights); ``"off"``: don't.
+
+    The result carries its recipe in `metadata_props` (backends/recipe.py): the expanded pipeline,
+    the target, the onnxpress version and the input's sha256; `replay` re-runs it.
     """
     from onnxpress.backends.base import get_backend
     from onnxpress.passes import instruments as inst
@@ -113,6 +127,8 @@ def optimize(
 
     if verify not in VERIFY_MODES:
         raise InputError(f"unknown verify mode '{verify}'; choose one of {', '.join(VERIFY_MODES)}")
+    if placement not in PLACEMENT_MODES:
+        raise InputError(f"unknown placement mode '{placement}'; choose one of {', '.join(PLACEMENT_MODES)}")
     start = time.perf_counter()
     input_path = os.fspath(model) if isinstance(model, (str, os.PathLike)) else None
     if output is not None and input_path is not None and _same_file(input_path, os.fspath(output)):
@@ -134,6 +150,7 @@ def optimize(
     if mode == "auto":
         mode = "numeric" if data is not None else "structure"
     source = None
+    random_data = False
     runner = backend.runner()
     diagnostics: list[str] = []
     if data is not None or mode == "numeric":
@@ -192,8 +209,18 @@ def optimize(
         got = runner.run(working, ctx.feeds())
         fidelity = compare_outputs(reference, got)
 
+    from onnxpress.backends.recipe import Recipe, input_digest, record_recipe
+    from onnxpress.report import onnxpress_version
+
+    record_recipe(working, Recipe(
+        pipeline=expanded, target=target, version=onnxpress_version(),
+        input_sha256=input_digest(model if input_path is None else input_path, original),
+        input_shapes={k: list(v) for k, v in input_shapes.items()} if input_shapes else None,
+        data=RANDOM_DATA if random_data else None,
+    ))
     if output is not None:
         backend.emit(working, os.fspath(output), external_data=external_data)
+    placed = _check_placement(backend, working, placement, ctx, input_shapes)
     after_summary = summarize_model(working, os.fspath(output) if output is not None else None)
     report = Report(
         input_path=input_path,
@@ -208,8 +235,58 @@ def optimize(
         diagnostics=diagnostics,
         seconds=time.perf_counter() - start,
         data=source.describe() if source is not None and hasattr(source, "describe") else None,
+        placement=placed,
     )
     return Result(working, report)
+
+
+def replay(recipe_from: Any, model: Any, *, input_shapes: Mapping[str, Sequence[int]] | None = None,
+           data: Any = None, **kwargs: Any) -> Result:
+    """Re-run the recipe recorded in an emitted model (a path or `ir.Model`) on another input.
+
+    The recorded pipeline and target are used as they are; recorded input shapes unless
+    `input_shapes` is given; seeded random calibration data if the recipe was made with it and no
+    `data` is given. Other keyword arguments go to `optimize`.
+    """
+    from onnxpress.backends.recipe import read_recipe
+
+    recipe = read_recipe(recipe_from)
+    if recipe.version != "unknown":
+        from onnxpress.report import onnxpress_version
+
+        if recipe.version != onnxpress_version():
+            logger.warning("the recipe was written by onnxpress %s, this is %s: the output may differ",
+                           recipe.version, onnxpress_version())
+    if data is None and recipe.data == RANDOM_DATA:
+        data = RANDOM_DATA
+    shapes = input_shapes if input_shapes is not None else recipe.input_shapes
+    return optimize(model, recipe.pipeline, target=recipe.target, input_shapes=shapes, data=data, **kwargs)
+
+
+def _check_placement(backend: Any, model: ir.Model, mode: str, ctx: PassContext,
+                     input_shapes: Mapping[str, Sequence[int]] | None) -> dict[str, Any] | None:
+    """Where the target's EP ran each node (None when not asked); never fails the run."""
+    check = getattr(backend, "check_placement", None)
+    if mode == "off" or check is None:
+        return None
+    from onnxpress.backends.placement import PLACEMENT_MAX_BYTES
+    from onnxpress.ir.io import weight_bytes
+
+    provider = backend.capabilities.providers[0]
+    if mode == "auto" and weight_bytes(model) > PLACEMENT_MAX_BYTES:
+        return {"checked": False, "target_provider": provider,
+                "reason": "model over 1 GiB of weights (ask for placement='on' to check anyway)"}
+    try:
+        feeds = ctx.feeds(1)
+        if not feeds:
+            from onnxpress.data import load_data
+
+            feeds = load_data(None, model, input_shapes=dict(input_shapes or {}), num_random=1).take(1)
+        return check(model, feeds)
+    except Exception as e:  # the check reports; it must never cost the user the optimized model
+        logger.debug("placement check failed", exc_info=True)
+        reason = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        return {"checked": False, "target_provider": provider, "reason": f"could not run the model: {reason}"}
 
 
 def _run_or_none(runner: Any, model: ir.Model, feeds: list, diagnostics: list[str], explicit: bool):

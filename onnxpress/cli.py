@@ -85,8 +85,12 @@ register_shorthand(Shorthand(
 
 
 def _quantize_fragment(value: str, args: argparse.Namespace) -> str:
+    from onnxpress.backends.base import get_backend
     from onnxpress.passes.quantize import quantize_fragment
 
+    target_quantize = getattr(get_backend(args.target), "quantize", None)  # what KIND means on the target
+    if target_quantize is not None:
+        return target_quantize(value)
     return quantize_fragment(value, bool(args.data))
 
 
@@ -94,9 +98,10 @@ register_shorthand(Shorthand(
     "--quantize", "KIND",
     "int8: static QDQ int8 that the target fuses (calibrated on --data; without it on random inputs, "
     "with a warning); int4: 4-bit blockwise weights; fp16: float16 with fragile ops kept fp32; "
-    "dynamic: int8 weights, activations quantized at run time",
+    "dynamic: int8 weights, activations quantized at run time; int16: 16-bit activations (qnn). "
+    "What each means depends on --target (docs/targets.md; --print-pipeline shows it)",
     _quantize_fragment,
-    choices=("int8", "int4", "fp16", "dynamic"),
+    choices=("int8", "int4", "fp16", "dynamic", "int16"),
 ))
 
 
@@ -122,6 +127,8 @@ examples:
   optimize model.onnx
   optimize model.onnx -o small.onnx --data calib.npz --report report.json
   optimize model.onnx --pipeline O1 --verify numeric --input-shape input:1x3x224x224
+  optimize model.onnx --target tensorrt --quantize int8 --data calib.npz --print-pipeline
+  optimize --replay model.opt.onnx retrained.onnx -o retrained.opt.onnx
 
 exit codes: 0 ok, 1 a pass or a verification failed, 2 bad input or usage
 """
@@ -135,7 +142,14 @@ def build_parser(prog: str = "optimize") -> argparse.ArgumentParser:
     for n, what in ((0, "load and save only"), (1, "cheap lossless clean-ups"), (2, "all lossless clean-ups (default)")):
         level.add_argument(f"-O{n}", dest="level", action="store_const", const=n, help=what)
     level.add_argument("--pipeline", metavar="TEXT", help="pipeline text to run instead of an -O level")
-    p.add_argument("--target", default="cpu", metavar="EP", help="ONNX Runtime execution provider to optimize for (default: cpu)")
+    p.add_argument("--target", metavar="EP",
+                   help="ONNX Runtime execution provider to optimize for: cpu (default), cuda, tensorrt, openvino, "
+                        "qnn, dml, coreml, or a plugin's")
+    p.add_argument("--replay", metavar="OUT.onnx",
+                   help="re-run the pipeline and target recorded in OUT.onnx (by an earlier optimize) on MODEL")
+    p.add_argument("--placement", choices=("auto", "on", "off"), default="auto",
+                   help="after optimizing, run once on the target's EP (where installed) and report which "
+                        "provider ran each node (auto: models up to 1 GiB of weights)")
     p.add_argument("--data", metavar="PATH", help="input data: .npz, a folder of .npy/.pb files, or pkg.module:function")
     p.add_argument("--input-shape", action="append", default=[], metavar="NAME:DIMS",
                    help="fix symbolic input dims, e.g. input:1x3x224x224 (repeatable)")
@@ -172,6 +186,22 @@ def _pipeline_text(args: argparse.Namespace) -> str:
     return resolve_pipeline(args.pipeline, level=args.level, target=args.target, fragments=fragments)
 
 
+def _replay_recipe(args: argparse.Namespace) -> Any:
+    """The recipe `--replay OUT.onnx` names, after refusing flags that would contradict it."""
+    if not args.replay:
+        return None
+    from onnxpress.backends.recipe import read_recipe
+
+    clashing = [flag for flag, given in (
+        ("--pipeline", args.pipeline is not None), ("-O", args.level is not None),
+        ("--target", args.target is not None),
+        *((s.flag, getattr(args, s.flag.lstrip("-").replace("-", "_")) is not None) for s in _SHORTHANDS),
+    ) if given]
+    if clashing:
+        raise _usage(f"--replay takes the pipeline and target from {args.replay}; drop {', '.join(clashing)}")
+    return read_recipe(args.replay)
+
+
 def _default_output(model: str) -> str:
     root, ext = os.path.splitext(model)
     return f"{root}.opt{ext or '.onnx'}"
@@ -202,7 +232,9 @@ def _run(args: argparse.Namespace, console: Any, err: Any) -> int:
     if args.list_passes:
         _print_passes(console)
         return EXIT_OK
-    text = _pipeline_text(args)
+    recipe = _replay_recipe(args)
+    args.target = args.target or "cpu"
+    text = recipe.pipeline if recipe is not None else _pipeline_text(args)
     if args.print_pipeline:
         console.print(expand_pipeline_text(text), markup=False, highlight=False, soft_wrap=True)
         return EXIT_OK
@@ -223,15 +255,20 @@ def _run(args: argparse.Namespace, console: Any, err: Any) -> int:
     if not args.quiet:
         extra.append(_progress_instrument(err))
     data = args.data
-    if data is None and getattr(args, "quantize", None) == "int8":
+    if data is None and getattr(args, "quantize", None) in ("int8", "int16"):
         data = api.RANDOM_DATA  # static int8 needs calibration: random, and the report says so
+    if data is None and recipe is not None and recipe.data == api.RANDOM_DATA:
+        data = api.RANDOM_DATA  # replayed as it was made
+    if recipe is not None and not shapes and recipe.input_shapes:
+        shapes = {k: list(v) for k, v in recipe.input_shapes.items()}
     result = api.optimize(
         args.model,
         text,
         data=data,
         verify=args.verify or "auto",
-        target=args.target,
+        target=recipe.target if recipe is not None else args.target,
         input_shapes=shapes or None,
+        placement=args.placement,
         output=output,
         external_data=True if args.external_data else None,
         dump_dir=args.dump_dir,

@@ -88,6 +88,10 @@ class Report:
     target: str | None = None  # the backend / execution provider the model was optimized for
     data: str | None = None  # FeedSource.describe() of the input data, when there was any
     version: str = dataclasses.field(default_factory=onnxpress_version)
+    #: which provider ran each node in a real session on the target EP (backends/placement.py):
+    #: {"checked": True, "target_provider", "nodes": [...], "by_provider", "op_types", "fallback"}
+    #: or {"checked": False, "reason"}; None when no check was asked for
+    placement: dict[str, Any] | None = None
 
     def __post_init__(self) -> None:
         self.passes = [_pass_dict(r) for r in self.passes]
@@ -114,6 +118,7 @@ class Report:
             "verify": self.verify,
             "diagnostics": list(self.diagnostics),
             "seconds": self.seconds,
+            "placement": None if self.placement is None else dict(self.placement),
         }
         return _json_safe(data)
 
@@ -210,6 +215,8 @@ class Report:
                     top1,
                 )
             console.print(table)
+        if self.placement is not None:
+            _render_placement(console, self.placement)
         target = f"target: {self.target}   " if self.target else ""
         data = f"data: {self.data}   " if self.data else ""
         footer = f"{target}{data}verify: {self.verify}   onnxpress {self.version}"
@@ -221,6 +228,22 @@ class Report:
                 console.print(f"[bold red]{escape(line)}[/bold red]", markup=True, highlight=False)
             else:
                 console.print(f"[yellow]note:[/yellow] {escape(line)}", markup=True, highlight=False)
+
+
+def _render_placement(console: Any, placement: dict[str, Any]) -> None:
+    """One line on where the nodes ran, and the ones that fell back off the target's provider."""
+    target = placement.get("target_provider", "?")
+    if not placement.get("checked"):
+        console.print(f"placement on {target}: not checked ({placement.get('reason', 'unknown reason')})",
+                      markup=False, highlight=False)
+        return
+    nodes = placement.get("nodes") or []
+    fallback = placement.get("fallback") or []
+    counts = ", ".join(f"{n} on {p}" for p, n in (placement.get("by_provider") or {}).items())
+    console.print(f"placement: {len(nodes)} node(s) ran: {counts or 'none'}", markup=False, highlight=False)
+    if fallback:
+        shown = ", ".join(fallback[:10]) + (f" and {len(fallback) - 10} more" if len(fallback) > 10 else "")
+        console.print(f"fell back from {target}: {shown}", markup=False, highlight=False)
 
 
 def aggregate_passes(passes: list[dict[str, Any]]) -> list[dict[str, Any]]:

@@ -1,11 +1,15 @@
-"""The CPU execution provider target (the default): int8 QDQ fusion rules, opset range, emission."""
+"""The CPU execution provider target (the default): int8 QDQ fusion rules, opset range, emission.
+
+ORT's CPU EP loads every opset this onnx writes and runs Q/DQ it cannot fuse in float, so it needs
+no legalization: its pipelines are the plain -O levels, and `--quantize int8` means uint8
+asymmetric activations with int8 symmetric per-channel weights and int32 biases.
+"""
 
 from __future__ import annotations
 
-import onnx_ir as ir
-
+from onnxpress.backends._target import OrtBackend
 from onnxpress.backends.base import Capabilities, register_backend
-from onnxpress.backends.ort import OrtRunner
+from onnxpress.passes.quantize import quantize_fragment
 
 # ONNX Runtime's CPU EP turns these QDQ units into integer kernels (../shared/REFERENCES.md).
 _CPU_QDQ_OPS = frozenset(
@@ -17,20 +21,19 @@ _CPU_QDQ_OPS = frozenset(
 )
 
 
-class CpuBackend:
+class CpuBackend(OrtBackend):
     name = "cpu"
-    capabilities = Capabilities(target="cpu", providers=("CPUExecutionProvider",), qdq_ops=_CPU_QDQ_OPS)
+    capabilities = Capabilities(
+        target="cpu", providers=("CPUExecutionProvider",), qdq_ops=_CPU_QDQ_OPS, opset_range=(7, 26),
+    )
+    quantize_fragments = {kind: quantize_fragment(kind, True) for kind in ("int8", "int4", "fp16", "dynamic")}
+    quantize_refusals = {"int16": "the CPU EP has no 16-bit integer kernels (16-bit Q/DQ would run in float)"}
 
-    def runner(self) -> OrtRunner:
-        return OrtRunner(self.capabilities.providers)
+    def prelude(self) -> str:
+        return ""
 
-    def pipeline(self, level: int) -> str:
-        return f"O{level}"
-
-    def emit(self, model: ir.Model, path: str, *, external_data: bool | None = None) -> None:
-        from onnxpress.ir.io import save
-
-        save(model, path, external_data=external_data)
+    def tail(self) -> str:
+        return ""
 
 
 register_backend(CpuBackend)

@@ -46,6 +46,7 @@ def create_session(
     optimization_level: str = "all",
     intra_op_threads: int | None = None,
     session_options: Any = None,
+    provider_options: Sequence[dict[str, Any]] | None = None,
 ):
     """An `onnxruntime.InferenceSession` for an in-memory model.
 
@@ -53,6 +54,7 @@ def create_session(
     ORT from there. Bigger models, or weights from several folders, are saved to a temporary
     folder with external data first. A model whose IR version is newer than this ORT accepts is
     handed over with the highest IR version it does accept (the saved model is not changed).
+    `provider_options` (one dict per provider) go to the providers as ORT's own argument.
     """
     import onnxruntime as ort
 
@@ -79,7 +81,8 @@ def create_session(
             if in_bytes:
                 proto = ir.serde.serialize_model(model)
                 proto.ir_version = ir_version
-                return ort.InferenceSession(proto.SerializeToString(), sess_options=opts, providers=list(providers))
+                return ort.InferenceSession(proto.SerializeToString(), sess_options=opts, providers=list(providers),
+                                            provider_options=provider_options)
             with tempfile.TemporaryDirectory(prefix="onnxpress-ort-") as tmp:
                 path = os.path.join(tmp, "model.onnx")
                 saved_version = model.ir_version
@@ -88,7 +91,8 @@ def create_session(
                     ir.save(model, path, external_data="model.onnx.data")
                 finally:
                     model.ir_version = saved_version
-                return ort.InferenceSession(path, sess_options=opts, providers=list(providers))
+                return ort.InferenceSession(path, sess_options=opts, providers=list(providers),
+                                            provider_options=provider_options)
         except Exception as e:  # ORT raises its own exception types for invalid graphs
             match = _IR_VERSION_ERROR.search(str(e))
             if match and int(match.group(1)) < ir_version:

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from onnxpress.passes import adaptors, cleanup, lowrank, pruning, quantize  # noqa: F401  (register on import)
+from onnxpress.passes import adaptors, cleanup, legalize, lowrank, pruning, quantize  # noqa: F401  (register on import)
 from onnxpress.passes.registry import register_pipeline
 
 #: Load and save only.

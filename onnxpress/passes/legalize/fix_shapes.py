@@ -46,7 +46,7 @@ def _example_flag(model: ir.Model, name: str) -> str:
     value = next(v for v in model.graph.inputs if v.name == name)
     if value.shape is None:
         return f"--input-shape {name}:DIMS"
-    dims = [str(d) if isinstance(d, int) and d >= 0 else "N" for d in value.shape]
+    dims = [str(d) if isinstance(d, int) and d >= 0 else "1" for d in value.shape]
     return f"--input-shape {name}:{'x'.join(dims)}"
 
 
@@ -63,7 +63,7 @@ class FixShapesPass(Pass):
             listed = "; ".join(f"{name}: {', '.join(dims)}" for name, dims in symbolic.items())
             flags = " ".join(_example_flag(model, name) for name in symbolic)
             raise InputError(f"target '{ctx.target}' needs static input shapes, but these dims are not fixed: "
-                             f"{listed}; give them with {flags}")
+                             f"{listed}; fix them with --input-shape, e.g. {flags}")
         modified = infer_shapes(model)
         dynamic = [
             v.name for node in model.graph for v in node.outputs
