@@ -71,8 +71,13 @@ def select_classes(
     round_to: int = 1,
     max_layer_ratio: float = 0.8,
     overrides: tuple[RatioRule, ...] = (),
+    group_ratios: Mapping[int, float] | None = None,
 ) -> set[int]:
-    """The classes to remove; `ratio` is the fraction of prunable channels (classes) removed."""
+    """The classes to remove; `ratio` is the fraction of prunable channels (classes) removed.
+
+    Per group, the ratio is the first matching `overrides` rule, else `group_ratios[g.index]`
+    (from measured sensitivity), else `ratio`. `scope=sensitivity` selects like `uniform`.
+    """
     pruned: set[int] = set()
     live = [g for g in groups if g.prunable]
 
@@ -80,6 +85,8 @@ def select_classes(
         for rule in overrides:
             if rule.matches(g):
                 return rule.ratio
+        if group_ratios is not None and g.index in group_ratios:
+            return group_ratios[g.index]
         return ratio
 
     def limit(g: Group, n: int) -> int:
@@ -88,7 +95,7 @@ def select_classes(
         total = len(g.classes)
         return max(0, min(n, total - _round_kept(total, total - n, round_to)))
 
-    if scope == "uniform":
+    if scope in ("uniform", "sensitivity"):
         for g in live:
             order = sorted(g.prunable, key=lambda c: (scores[c], c))
             pruned.update(order[: limit(g, _removal_count(ratio_for(g), len(g.prunable)))])
@@ -110,7 +117,7 @@ def select_classes(
         for gi, chosen in taken.items():
             pruned.update(chosen[: limit(live[gi], len(chosen))])
     else:
-        raise ValueError(f"unknown scope '{scope}'; choose uniform or global")
+        raise ValueError(f"unknown scope '{scope}'; choose uniform, global or sensitivity")
     _keep_one_everywhere(deps, pruned, scores)
     return pruned
 

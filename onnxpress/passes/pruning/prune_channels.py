@@ -110,7 +110,7 @@ class PruneChannelsPass(Pass):
         ratio: float = 0.3
         importance: str = "l2"
         aggregate: str = "mean"
-        scope: str = "uniform"
+        scope: str = "uniform"  # uniform | global | sensitivity (each group pruned alone on the data)
         round_to: int = 1
         max_layer_ratio: float = 0.8
         ignore: tuple[str, ...] = ()
@@ -127,8 +127,8 @@ class PruneChannelsPass(Pass):
                 raise ValueError(f"importance must be one of {', '.join(sorted(SCORERS))}")
             if self.aggregate not in AGGREGATES:
                 raise ValueError(f"aggregate must be one of {', '.join(AGGREGATES)}")
-            if self.scope not in ("uniform", "global"):
-                raise ValueError("scope must be uniform or global")
+            if self.scope not in ("uniform", "global", "sensitivity"):
+                raise ValueError("scope must be uniform, global or sensitivity")
             if self.round_to < 1:
                 raise ValueError("round-to must be at least 1")
             if not 0.0 < self.max_layer_ratio <= 1.0:
@@ -175,8 +175,12 @@ class PruneChannelsPass(Pass):
 
             activation_data = mean_abs_activation(model, deps, ctx, limit=opts.max_samples)
         scores = score_classes(deps, candidates, opts.importance, opts.aggregate, activation_data)
+        group_ratios = None
+        if opts.scope == "sensitivity":
+            group_ratios = self._sensitivity_ratios(model, deps, live, scores, ctx, stats)
         pruned = select_classes(deps, groups, scores, ratio=opts.ratio, scope=opts.scope, round_to=opts.round_to,
-                                max_layer_ratio=opts.max_layer_ratio, overrides=self.ratio_rules())
+                                max_layer_ratio=opts.max_layer_ratio, overrides=self.ratio_rules(),
+                                group_ratios=group_ratios)
         if not pruned:
             return PassResult(model, False, {**stats, "channels_removed": 0, "params_removed": 0})
         original = model.clone() if opts.reconstruct and ctx.feeds(limit=1) else None
@@ -196,6 +200,34 @@ class PruneChannelsPass(Pass):
         model.meta["onnxpress.pruning_plan"] = plan.to_dict()
         logger.info("prune-channels: removed %d channels, %d parameters", stats["channels_removed"], plan.params_removed)
         return PassResult(model, True, stats)
+
+
+    def _sensitivity_ratios(self, model: ir.Model, deps: ChannelDependencies, live: list[Group],
+                            scores: dict[int, float], ctx: PassContext, stats: dict[str, Any]) -> dict[int, float] | None:
+        """Per-group ratios from each group's measured output error when pruned alone."""
+        from onnxpress.passes.pruning.plan import select_classes as select
+        from onnxpress.passes.pruning.sensitivity import allocate_ratios, group_sensitivities
+
+        opts = self.options
+        if ctx.runner is None or not ctx.feeds(limit=1):
+            ctx.diagnose("prune-channels: scope=sensitivity needs calibration data; using uniform ratios")
+            return None
+        rules = parse_ignore(opts.ignore)
+
+        def analyze(clone: ir.Model) -> ChannelDependencies:
+            clone_deps = ChannelDependencyAnalysis(allow_lossy_norms=opts.lossy_norms).compute(clone, None)
+            _apply_ignores(clone_deps, rules)
+            return clone_deps
+
+        def choose(g: Group) -> list[int]:
+            return sorted(select(deps, [g], scores, ratio=opts.ratio, round_to=opts.round_to,
+                                 max_layer_ratio=opts.max_layer_ratio))
+
+        sensitivity = group_sensitivities(model, live, choose, analyze, ctx, limit=min(opts.max_samples, 8))
+        ratios = allocate_ratios(live, sensitivity, opts.ratio, opts.max_layer_ratio)
+        stats["sensitivity"] = {(g.producers[0].name if g.producers else str(g.index)):
+                                f"{sensitivity[g.index]:.3g}->r{ratios[g.index]:.2f}" for g in live}
+        return ratios
 
 
 @register_pass
