@@ -23,8 +23,9 @@ import math
 from collections.abc import Sequence
 
 import numpy as np
-import tensorly as tl
-from tensorly.decomposition import parafac, partial_tucker
+
+# tensorly (and the scipy it pulls in) costs ~0.4 s to import: it is imported where Tucker / CP
+# run, so `optimize -O2` and every pass that never decomposes a conv does not pay for it.
 
 __all__ = [
     "allocate_ranks",
@@ -411,6 +412,9 @@ def tucker2_conv(
     # Randomized SVD only speeds up the HOSVD initialisation (tensorly's HOOI sweeps use the
     # truncated SVD regardless); it pays for wide unfoldings at small ranks.
     small = max(r_out / c_out, r_in / c_in) <= 0.25 and min(c_out, c_in) >= 256
+    import tensorly as tl
+    from tensorly.decomposition import partial_tucker
+
     with tl.backend_context("numpy"):
         (core, (u_out, u_in)), _ = partial_tucker(
             w64, rank=[r_out, r_in], modes=[0, 1], n_iter_max=max(1, n_iter_max), init="svd",
@@ -459,6 +463,9 @@ def cp_conv(
     if int(rank) < 1:
         raise ValueError(f"CP rank must be at least 1, got {rank}")
     rank = int(rank)
+    import tensorly as tl
+    from tensorly.decomposition import parafac
+
     with tl.backend_context("numpy"):
         cp = parafac(
             w64, rank=rank, n_iter_max=max(1, n_iter_max), init="random", tol=tol,
