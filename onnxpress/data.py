@@ -84,7 +84,8 @@ def model_inputs(model: ir.Model) -> list[InputSpec]:
                 dtype = None
         dims = None
         if value.shape is not None:
-            dims = tuple(d if isinstance(d, int) else d.value for d in value.shape.dims)
+            # paddle2onnx and others write -1 for "any size": a symbolic dim, not a size
+            dims = tuple((d if d >= 0 else None) if isinstance(d, int) else d.value for d in value.shape.dims)
         specs.append(InputSpec(value.name or "", dtype, dims))
     return specs
 

@@ -322,3 +322,21 @@ def test_npz_scalar_input_gives_0d_feeds(tmp_path):
     assert len(feeds) == 3
     assert feeds[1]["s"].shape == () and float(feeds[1]["s"]) == 2.0
     assert feeds[1]["x"].shape == (3,)
+
+
+def test_negative_model_dims_are_symbolic():
+    """Exporters write -1 for 'any size': feeds of any size and --input-shape are accepted there."""
+    import onnx_ir as ir
+    from onnx import TensorProto, helper
+
+    graph = helper.make_graph(
+        [helper.make_node("Relu", ["x"], ["y"])], "g",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, [-1, 3])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, [-1, 3])],
+    )
+    proto = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    model = ir.serde.deserialize_model(proto)
+    feeds = list(load_data([{"x": np.ones((5, 3), np.float32)}], model).feeds())
+    assert feeds[0]["x"].shape == (5, 3)
+    feeds = list(load_data(None, model, input_shapes={"x": [2, 3]}, num_random=1).feeds())
+    assert feeds[0]["x"].shape == (2, 3)
