@@ -1,8 +1,14 @@
-"""Imports every built-in pass module and registers the named pipelines -O0, -O1, -O2."""
+"""Registers the built-in passes and the named pipelines -O0, -O1, -O2.
+
+The lossless clean-ups (all the -O levels need) are imported at once; the compression and
+legalization families are imported the first time a name is not found among those (or when
+everything is listed), so `optimize -O2` does not pay for importing pruning, low-rank (tensorly)
+and quantization code it never runs.
+"""
 
 from __future__ import annotations
 
-from onnxpress.passes import adaptors, cleanup, legalize, lowrank, pruning, quantize  # noqa: F401  (register on import)
+from onnxpress.passes import adaptors, cleanup  # noqa: F401  (register on import)
 from onnxpress.passes.registry import register_pipeline
 
 #: Load and save only.
@@ -17,6 +23,14 @@ O2 = (
     "eliminate-transposes,eliminate-reshapes,merge-unsqueezes,fold-batchnorm,fuse-conv-bias,fuse-matmul-add,cse,dce"
     "),"
     "lift-constants,dedup-initializers,dce"
+)
+
+#: Imported on demand (see the module docstring).
+LAZY_FAMILIES = (
+    "onnxpress.passes.pruning",
+    "onnxpress.passes.lowrank",
+    "onnxpress.passes.quantize",
+    "onnxpress.passes.legalize",
 )
 
 register_pipeline("O0", O0, "load and save only")

@@ -43,7 +43,7 @@ ENTRY_POINT_GROUP = "onnxpress.passes"
 
 _PASSES: dict[str, type[Pass]] = {}
 _PIPELINES: dict[str, tuple[str, str]] = {}
-_state = {"builtins": False, "entry_points": False}
+_state = {"builtins": False, "entry_points": False, "families": False}
 
 
 def register_pass(cls: type[Pass]) -> type[Pass]:
@@ -104,6 +104,16 @@ def _ensure_loaded() -> None:
     if not _state["entry_points"]:
         _state["entry_points"] = True
         _load_entry_points()
+
+
+def _ensure_all_loaded() -> None:
+    """Import the built-in pass families that are loaded on demand (see passes/_builtin.py)."""
+    _ensure_loaded()
+    if not _state["families"]:
+        _state["families"] = True
+        builtin = importlib.import_module("onnxpress.passes._builtin")
+        for module in builtin.LAZY_FAMILIES:
+            importlib.import_module(module)
 
 
 def _load_entry_points() -> None:
@@ -186,12 +196,17 @@ def get_pass(name: str) -> type[Pass]:
     _ensure_loaded()
     cls = _PASSES.get(name)
     if cls is None:
+        _ensure_all_loaded()
+        cls = _PASSES.get(name)
+    if cls is None:
         raise _unknown(name)
     return cls
 
 
 def pipeline_text(name: str) -> str | None:
     _ensure_loaded()
+    if name not in _PIPELINES and name not in _PASSES:
+        _ensure_all_loaded()
     entry = _PIPELINES.get(name)
     return entry[0] if entry else None
 
@@ -199,6 +214,8 @@ def pipeline_text(name: str) -> str | None:
 def instantiate(element: PipelineElement) -> list[ir.passes.PassBase]:
     """One parsed element -> pass instances (a named pipeline gives several)."""
     _ensure_loaded()
+    if element.name not in _PIPELINES and element.name not in _PASSES:
+        _ensure_all_loaded()
     if element.name in _PIPELINES:
         if element.options or element.children is not None:
             raise PipelineError(f"pipeline '{element.name}' takes no options or nested passes")
@@ -231,7 +248,7 @@ class RegistryEntry:
 
 def list_entries() -> list[RegistryEntry]:
     """Everything the registry knows, sorted by name (what `--list-passes` prints)."""
-    _ensure_loaded()
+    _ensure_all_loaded()
     entries = []
     for name, cls in _PASSES.items():
         doc = (cls.__doc__ or "").strip().splitlines()
