@@ -61,4 +61,6 @@ def targets_markdown() -> str:
 
 
 if __name__ == "__main__":
-    print(targets_markdown())
+    import sys
+
+    sys.stdout.write(targets_markdown() + "\n")

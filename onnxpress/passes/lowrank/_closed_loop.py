@@ -19,7 +19,6 @@ pruning's sequential least-squares reconstruction (`reconstruct._refit`).
 from __future__ import annotations
 
 import logging
-import re
 from collections import Counter
 from collections.abc import Mapping, Sequence
 from typing import Any
@@ -31,7 +30,7 @@ from onnxpress.ir import ops
 from onnxpress.passes.lowrank import math as lrm
 from onnxpress.passes.lowrank._layers import LinearLayer
 from onnxpress.passes.pruning.calibration import GramAccumulator, iter_values
-from onnxpress.passes.pruning.prune_channels import parse_ignore
+from onnxpress.passes.pruning.prune_channels import node_matches, parse_ignore
 from onnxpress.passes.pruning.reconstruct import MAX_ROWS_PER_FEED, _assign, _bias_add, _Layer, _subsample
 
 __all__ = [
@@ -52,24 +51,13 @@ _ELEMENTWISE = frozenset({ops.ELEMENTWISE_UNARY, ops.ELEMENTWISE_BINARY, ops.ACT
 # ----------------------------------------------------------------------------------------------
 # scope
 # ----------------------------------------------------------------------------------------------
-def _matches(node: ir.Node, rules: list[tuple[str, str]]) -> bool:
-    for kind, pattern in rules:
-        if kind == "name" and node.name == pattern:
-            return True
-        if kind == "re" and re.search(pattern, node.name or ""):
-            return True
-        if kind == "op" and node.op_type == pattern:
-            return True
-    return False
-
-
 def in_scope(layers: Sequence[Any], include: Sequence[str], exclude: Sequence[str], skipped: Counter[str]) -> list:
     """The layers whose node matches `include` (all when empty) and not `exclude`; patterns are
     node names, `re:REGEX` (searched in the node name) or `op:TYPE`. The rest count as skipped."""
     inc, exc = parse_ignore(tuple(include)), parse_ignore(tuple(exclude))
     kept = []
     for layer in layers:
-        if (inc and not _matches(layer.node, inc)) or (exc and _matches(layer.node, exc)):
+        if (inc and not node_matches(layer.node, inc)) or (exc and node_matches(layer.node, exc)):
             skipped["out of scope (include / exclude)"] += 1
         else:
             kept.append(layer)

@@ -26,7 +26,7 @@ from onnxpress.passes.pruning.importance import AGGREGATES, SCORERS, score_class
 from onnxpress.passes.pruning.plan import PruningPlan, RatioRule, apply_pruning, select_classes
 from onnxpress.passes.registry import register_pass
 
-__all__ = ["PruneChannelsPass", "PrintPruningGroupsPass", "parse_ignore", "describe_groups"]
+__all__ = ["PruneChannelsPass", "PrintPruningGroupsPass", "describe_groups", "node_matches", "parse_ignore"]
 
 logger = logging.getLogger(__name__)
 
@@ -52,7 +52,8 @@ def _compile(pattern: str) -> re.Pattern[str]:
         raise ValueError(f"bad regular expression '{pattern}': {e}") from None
 
 
-def _ignored(node: ir.Node, rules: list[tuple[str, str]]) -> bool:
+def node_matches(node: ir.Node, rules: list[tuple[str, str]]) -> bool:
+    """Whether `node` matches any `parse_ignore` rule (by name, `re:` regex or `op:` type)."""
     for kind, pattern in rules:
         if kind == "name" and node.name == pattern:
             return True
@@ -73,7 +74,7 @@ def _apply_ignores(deps: ChannelDependencies, rules: list[tuple[str, str]]) -> N
     if not rules:
         return
     for m in deps.members:
-        if m.role not in _INPUT_ROLES and _ignored(m.node, rules):
+        if m.role not in _INPUT_ROLES and node_matches(m.node, rules):
             deps.freeze(m.elements, f"{m.node.op_type} '{m.node.name}' is ignored")
 
 

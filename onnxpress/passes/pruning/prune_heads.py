@@ -29,7 +29,7 @@ from onnxpress.passes.base import Pass, PassResult, Tolerance
 from onnxpress.passes.cleanup import _util as u
 from onnxpress.passes.pruning.attention import AttentionBlock, find_attention_blocks
 from onnxpress.passes.pruning.importance import AGGREGATES
-from onnxpress.passes.pruning.prune_channels import _ignored, parse_ignore
+from onnxpress.passes.pruning.prune_channels import node_matches, parse_ignore
 from onnxpress.passes.registry import register_pass
 
 __all__ = ["PruneHeadsPass", "HEAD_SCORERS", "score_heads", "select_heads", "remove_heads"]
@@ -221,7 +221,7 @@ class PruneHeadsPass(Pass):
         rules = parse_ignore(opts.ignore)
         chosen: list[tuple[AttentionBlock, list[int]]] = []
         for block in blocks:
-            if rules and any(_ignored(n, rules) for n in block.nodes):
+            if rules and any(node_matches(n, rules) for n in block.nodes):
                 refused[block.name] = "ignored"
                 continue
             removed = select_heads(score_heads(block, opts.importance, opts.aggregate), opts.ratio, opts.round_to)
