@@ -94,6 +94,17 @@ class HandlerContext:
     def slot(self, value: ir.Value | None) -> Slot | None:
         return self.deps.slot(value)
 
+    def slot_and_rank(self, node: ir.Node) -> tuple[Slot, int] | None:
+        """The slot and rank of `node`'s first input; None when untracked, or (frozen) rank unknown."""
+        xs = self.slot(node.inputs[0])
+        if xs is None:
+            return None
+        r = self.rank(node.inputs[0])
+        if r is None:
+            self.freeze(xs.elements, f"{self.name(node)}: rank unknown")
+            return None
+        return xs, r
+
     def set_slot(self, value: ir.Value | None, axis: int, elements: np.ndarray) -> None:
         if value is not None:
             self.deps.set_slot(value, Slot(axis, np.asarray(elements, dtype=np.int64)))

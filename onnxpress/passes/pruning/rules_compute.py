@@ -439,13 +439,10 @@ REDUCE = ("ReduceMean", "ReduceSum", "ReduceMax", "ReduceMin", "ReduceProd", "Re
 
 @rule(*REDUCE)
 def _reduce(ctx: HandlerContext, node: ir.Node) -> None:
-    xs = ctx.slot(node.inputs[0])
-    if xs is None:
+    found = ctx.slot_and_rank(node)
+    if found is None:
         return
-    r = ctx.rank(node.inputs[0])
-    if r is None:
-        ctx.freeze(xs.elements, f"{ctx.name(node)}: rank unknown")
-        return
+    xs, r = found
     keepdims = int(ctx.attr(node, "keepdims", 1))
     if node.op_type in ("ArgMax", "ArgMin"):
         axes = [int(ctx.attr(node, "axis", 0)) % r]

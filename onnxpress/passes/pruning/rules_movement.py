@@ -227,13 +227,10 @@ MULTI_INPUT_RULES.add(_concat)
 
 @rule("Split")
 def _split(ctx: HandlerContext, node: ir.Node) -> None:
-    xs = ctx.slot(node.inputs[0])
-    if xs is None:
+    found = ctx.slot_and_rank(node)
+    if found is None:
         return
-    r = ctx.rank(node.inputs[0])
-    if r is None:
-        ctx.freeze(xs.elements, f"{ctx.name(node)}: rank unknown")
-        return
+    xs, r = found
     axis = int(ctx.attr(node, "axis", 0)) % r
     outputs = list(node.outputs)
     if axis != xs.axis:
@@ -350,13 +347,10 @@ def _slice_params(ctx: HandlerContext, node: ir.Node) -> tuple[list[int], list[i
 def _shape(ctx: HandlerContext, node: ir.Node) -> None:
     """Reading the shape is harmless unless the channel count itself is read: the output may
     feed Gathers and single-axis Slices (step 1) that pick other dims; anything else freezes."""
-    xs = ctx.slot(node.inputs[0])
-    if xs is None:
+    found = ctx.slot_and_rank(node)
+    if found is None:
         return
-    r = ctx.rank(node.inputs[0])
-    if r is None:
-        ctx.freeze(xs.elements, f"{ctx.name(node)}: rank unknown")
-        return
+    xs, r = found
     lo, hi = (_clamp(int(ctx.attr(node, k, d)), r) for k, d in (("start", 0), ("end", r)))
     if not lo <= xs.axis < hi:
         return  # the channel dim is not in this Shape's output
