@@ -5,7 +5,9 @@ is pruned first. Weight-only scorers aggregate, over a group's members, the norm
 class owns (Torch-Pruning's group importance: mean / sum / max over members). `bn-scale` uses
 |gamma| of the BatchNormalization members only (Liu et al., network slimming). The
 activation-aware scorer multiplies each class's weight norm by the mean |activation| of its
-channels on the calibration data (Wanda-style), measured on the producer's output.
+channels on the calibration data (Wanda-style), measured on the producer's output. `obs` ranks
+classes by the output error their removal leaves after a least-squares refit of their consumers
+(Optimal Brain Surgeon, structured; computed in `obs.py`): the natural partner of `reconstruct`.
 """
 
 from __future__ import annotations
@@ -100,6 +102,17 @@ def activation(deps: ChannelDependencies, classes: Iterable[int], how: str = "me
         logger.warning("activation importance needs calibration data; using L2 of the weights")
         return weights
     return {c: weights[c] * float(data.get(c, 1.0)) for c in classes}
+
+
+@register_scorer("obs")
+def obs(deps: ChannelDependencies, classes: Iterable[int], how: str = "mean", data: Any = None) -> dict[int, float]:
+    """The output error each class's removal leaves after a least-squares refit of its consumers
+    (`data`: {class: score} from `obs.obs_scores`, measured on the calibration data)."""
+    classes = set(classes)
+    if not data:
+        logger.warning("obs importance needs calibration data; using L2 of the weights")
+        return l2(deps, classes, how)
+    return {c: float(data[c]) if c in data else 0.0 for c in classes}
 
 
 def score_classes(deps: ChannelDependencies, classes: Iterable[int], method: str, how: str = "mean",

@@ -5,7 +5,15 @@ removes about `ratio` of the prunable channels of every coupled group (or of all
 `scope=global`), lowest importance first. Which slices go together comes from
 `ChannelDependencyAnalysis`; what cannot be reasoned about is never touched. With
 `reconstruct=true` and calibration data in the PassContext, the layers that lost input channels
-are refitted by ridge least squares to reproduce the original model's outputs.
+are refitted by ridge least squares to reproduce the original model's outputs: by default
+sequentially (`sequential=true`: each layer fitted to the inputs the already-refitted pruned model
+feeds it, which measured best on deep CNNs: PP-OCRv4 rec at 0.3 keeps 0.42–0.48 of its decoded
+strings vs 0.06 one-shot), with `ridge=0.03` (relative to the mean input energy, pulling towards
+the pruned weights; 1e-3 overfits domain-shifted calibration data: MiniLM 0.874 vs 0.908 at 0.05).
+`sequential=false` fits every layer from one pass of the original model (faster). `importance=obs`
+ranks channels by the error their removal leaves after that refit (greedy structured OBS,
+`obs.py`), the natural partner of `reconstruct=true` (MiniLM, 25 % of the FFN: 0.930 vs 0.912 with
+L2, mean embedding cosine).
 """
 
 from __future__ import annotations
@@ -118,7 +126,8 @@ class PruneChannelsPass(Pass):
         layer_ratios: tuple[str, ...] = ()  # "name=0.5" or "re:REGEX=0.5"
         lossy_norms: bool = False
         reconstruct: bool = False
-        ridge: float = 1e-3
+        ridge: float = 0.03
+        sequential: bool = True  # refit from the pruned model's activations, layer after layer
         max_samples: int = 64
 
         def __post_init__(self) -> None:
@@ -167,14 +176,21 @@ class PruneChannelsPass(Pass):
         candidates = [c for g in live for c in g.prunable]
         activation_data = None
         ctx = PassContext.current()
-        if opts.importance == "activation" or opts.reconstruct:
+        data_aware = opts.importance in ("activation", "obs")
+        if data_aware or opts.reconstruct:
             if not ctx.feeds(limit=1):
                 ctx.diagnose("prune-channels: no calibration data; "
-                             + ("using weight importance" if opts.importance == "activation" else "no reconstruction"))
+                             + ("using weight importance" if data_aware else "no reconstruction"))
         if opts.importance == "activation" and ctx.feeds(limit=1):
             from onnxpress.passes.pruning.calibration import mean_abs_activation
 
             activation_data = mean_abs_activation(model, deps, ctx, limit=opts.max_samples)
+        elif opts.importance == "obs" and ctx.feeds(limit=1):
+            from onnxpress.passes.pruning.obs import obs_scores
+
+            fallback = score_classes(deps, candidates, "l2", opts.aggregate)
+            activation_data = obs_scores(model, deps, set(candidates), fallback, ctx, limit=opts.max_samples,
+                                          max_fraction=opts.max_layer_ratio)
         scores = score_classes(deps, candidates, opts.importance, opts.aggregate, activation_data)
         group_ratios = None
         if opts.scope == "sensitivity":
@@ -196,7 +212,7 @@ class PruneChannelsPass(Pass):
             from onnxpress.passes.pruning.reconstruct import reconstruct_consumers
 
             stats["reconstructed"] = reconstruct_consumers(original, model, plan, ctx, ridge=opts.ridge,
-                                                           limit=opts.max_samples)
+                                                           sequential=opts.sequential, limit=opts.max_samples)
         self.plan = plan
         model.meta["onnxpress.pruning_plan"] = plan.to_dict()
         logger.info("prune-channels: removed %d channels, %d parameters", stats["channels_removed"], plan.params_removed)

@@ -107,6 +107,27 @@ class _Layer:
     def name(self) -> str:
         return self.node.name or self.node.outputs[0].name
 
+    @property
+    def weight_in_axis(self) -> int:
+        """The weight axis that holds the input channels."""
+        if self.op == "Conv":
+            return 1
+        return int(bool(self._attr("transB", 0))) if self.op == "Gemm" else 0
+
+    @property
+    def taps(self) -> int:
+        """Rows of the effective weight per input channel (the kernel size of a Conv)."""
+        shape = self.weight.const_value.shape
+        return int(np.prod(shape[2:], dtype=np.int64)) if self.op == "Conv" else 1
+
+    def input_axis(self, ndim: int) -> int:
+        """The axis of the layer's input tensor (of rank `ndim`) that holds the channels."""
+        if self.op == "Conv":
+            return 1
+        if self.op == "Gemm":
+            return 0 if self._attr("transA", 0) else 1
+        return ndim - 1
+
     def _attr(self, name: str, default: Any) -> Any:
         a = self.node.attributes.get(name)
         return default if a is None else a.value
@@ -258,35 +279,66 @@ def _consumer(node: ir.Node, plan: PruningPlan, graph: ir.Graph) -> _Layer | str
 # ----------------------------------------------------------------------------------------------
 # The refit
 # ----------------------------------------------------------------------------------------------
+#: Float64 numbers the Gram statistics of one batch of one-shot refits may hold (~512 MiB).
+GRAM_BUDGET = 64 << 20
+#: Numbers one feed's input rows of one layer may hold (rows are capped at this / the layer width).
+ROW_BUDGET = 8 << 20
+
+
 def reconstruct_consumers(original: ir.Model, model: ir.Model, plan: PruningPlan, ctx: Any, *,
-                          ridge: float = 1e-3, limit: int | None = 64,
-                          max_rows_per_feed: int = MAX_ROWS_PER_FEED, seed: int = 0) -> dict[str, Any]:
-    """Refit, in topological order, every layer of `model` that lost input channels under `plan`.
+                          ridge: float = 0.03, sequential: bool = True, limit: int | None = 64,
+                          max_rows_per_feed: int | None = None, seed: int = 0) -> dict[str, Any]:
+    """Refit every layer of `model` that lost input channels under `plan`.
 
     `original` is the model before pruning (weights shared is fine: nothing is written into it).
-    Each layer's teacher is the original model's output of that layer (same value name); its
-    input rows come from the pruned model as refitted so far. Returns stats: `layers` (refitted),
-    and per layer the relative output error on the calibration rows before and after the refit.
+    Each layer's teacher is the original model's output of that layer (same value name). Its
+    input rows are, with `sequential=False` (one-shot), the original model's input of the layer
+    with the removed channels dropped: all layers are fitted from shared passes over the data
+    (batched under a memory budget). With `sequential=True` they come from the pruned model as
+    refitted so far, one layer at a time in topological order (GPTQ-style: later layers also
+    absorb earlier layers' errors; two model runs per layer). `ridge` is relative to the mean
+    diagonal of the input Gram matrix and pulls the weights towards the pruned ones.
+    Returns stats: `layers` (refitted), and per layer the relative output error on the
+    calibration rows before and after the refit.
     """
     feeds = ctx.feeds(limit)
     stats: dict[str, Any] = {"layers": 0, "per_layer": {}, "skipped": {}}
     if ctx.runner is None or not feeds:
         return stats
-    teacher_names = {v.name for node in original.graph for v in node.outputs if v.name}
+    known = {v.name for node in original.graph for v in node.outputs if v.name}
+    known |= {v.name for v in original.graph.inputs}
     rng = np.random.default_rng(seed)
+    layers = []
     for node in list(model.graph):
         layer = _consumer(node, plan, model.graph)
         if layer is None:
             continue
         label = node.name or node.outputs[0].name
-        if isinstance(layer, str) or node.outputs[0].name not in teacher_names:
-            reason = layer if isinstance(layer, str) else "not in the original model"
+        missing = [n for n in (node.outputs[0].name, node.inputs[0].name) if n not in known]
+        if isinstance(layer, str) or missing:
+            reason = layer if isinstance(layer, str) else f"'{missing[0]}' is not in the original model"
             logger.debug("reconstruct: %s '%s' skipped: %s", node.op_type, label, reason)
             stats["skipped"][label] = reason
             continue
-        result = _refit(layer, original, model, ctx.runner, feeds, ridge, max_rows_per_feed, rng)
-        stats["per_layer"][label] = result
-        stats["layers"] += int(result["refitted"])
+        layers.append(layer)
+    if sequential:
+        for layer in layers:
+            stats["per_layer"][layer.name] = _refit(layer, original, model, ctx.runner, feeds, ridge,
+                                                    _row_cap(layer, max_rows_per_feed), rng)
+    else:
+        for batch in _batches(layers):
+            accs = [GramAccumulator(*layer.effective()[0].shape) for layer in batch]
+            names = [n for layer in batch for n in (layer.node.inputs[0].name, layer.node.outputs[0].name)]
+            keeps = [_kept_inputs(layer, plan) for layer in batch]
+            for (teacher,) in iter_values(ctx.runner, [(original, names)], feeds):
+                for layer, acc, keep in zip(batch, accs, keeps):
+                    x = teacher[layer.node.inputs[0].name]
+                    x = np.take(x, keep, axis=layer.input_axis(x.ndim))
+                    acc.update(*layer.rows(x, teacher[layer.node.outputs[0].name], rng,
+                                           _row_cap(layer, max_rows_per_feed)))
+            for layer, acc in zip(batch, accs):
+                stats["per_layer"][layer.name] = _solve(layer, acc, ridge)
+    stats["layers"] = sum(int(r["refitted"]) for r in stats["per_layer"].values())
     if stats["per_layer"]:
         logger.info("reconstruct: refitted %d of %d layers", stats["layers"], len(stats["per_layer"]))
     return stats
@@ -294,12 +346,47 @@ def reconstruct_consumers(original: ir.Model, model: ir.Model, plan: PruningPlan
 
 def _refit(layer: _Layer, original: ir.Model, model: ir.Model, runner: Any, feeds: list,
            ridge: float, cap: int, rng: np.random.Generator) -> dict[str, Any]:
-    w_eff, b_eff = layer.effective()
-    acc = GramAccumulator(*w_eff.shape)
+    """Refit one layer against the original's output, from the inputs `model` feeds it now."""
+    acc = GramAccumulator(*layer.effective()[0].shape)
     x_name, y_name = layer.node.inputs[0].name, layer.node.outputs[0].name
     for teacher, student in iter_values(runner, [(original, [y_name]), (model, [x_name])], feeds):
-        x_rows, y_rows = layer.rows(student[x_name], teacher[y_name], rng, cap)
-        acc.update(x_rows, y_rows)
+        acc.update(*layer.rows(student[x_name], teacher[y_name], rng, cap))
+    return _solve(layer, acc, ridge)
+
+
+def _row_cap(layer: _Layer, cap: int | None) -> int:
+    """Rows taken from one feed: `cap`, or what fits the row budget for this layer's width."""
+    if cap is not None:
+        return cap
+    width = layer.effective()[0].shape[0]
+    return int(min(65536, max(MAX_ROWS_PER_FEED, ROW_BUDGET // max(width, 1))))
+
+
+def _kept_inputs(layer: _Layer, plan: PruningPlan) -> np.ndarray:
+    """Indices of the original input channels the pruned layer still reads, ascending."""
+    removed = np.asarray(plan.tensors[layer.weight.name][layer.weight_in_axis], dtype=np.int64)
+    width = layer.effective()[0].shape[0] // layer.taps
+    return np.setdiff1d(np.arange(width + len(removed)), removed)
+
+
+def _batches(layers: list[_Layer]) -> list[list[_Layer]]:
+    """Consecutive layers whose Gram statistics fit `GRAM_BUDGET` together (at least one each)."""
+    batches: list[list[_Layer]] = []
+    used = GRAM_BUDGET
+    for layer in layers:
+        n_in, n_out = layer.effective()[0].shape
+        size = (n_in + 1) * (n_in + 1 + n_out)
+        if used + size > GRAM_BUDGET:
+            batches.append([])
+            used = 0
+        batches[-1].append(layer)
+        used += size
+    return batches
+
+
+def _solve(layer: _Layer, acc: GramAccumulator, ridge: float) -> dict[str, Any]:
+    """Fit `layer` from its statistics; write the fit back only if it lowers the error."""
+    w_eff, b_eff = layer.effective()
     if acc.rows < 2 * (acc.n_in + 1):
         logger.warning("reconstruct: %s '%s' has %d inputs but saw only %d calibration rows; the refit leans on "
                        "the ridge (give more data)", layer.op, layer.name, acc.n_in, acc.rows)

@@ -195,3 +195,63 @@ def test_iter_values_lines_up_feeds_and_models_in_small_chunks():
         np.testing.assert_allclose(mine["fc1_out0"], feed["x"] @ w1, rtol=1e-5, atol=1e-5)
         assert theirs["fc2_out0"].shape == (2, 6, w2.shape[1])
     assert [v.name for v in model.graph.outputs] == ["fc3_out0"]  # the caller's model is untouched
+
+
+# -- one-shot vs sequential, and reconstruction-aware importance --------------------------------
+@pytest.mark.parametrize("sequential", [False, True], ids=["one-shot", "sequential"])
+def test_both_refit_orders_lower_the_held_out_error(sequential):
+    model = conv_net()
+    calibration, held_out = image_feeds(48, seed=1), image_feeds(16, seed=2)
+    plain, _ = prune(model, "ratio=0.5", calibration)
+    refit, stats = prune(model, f"ratio=0.5 reconstruct=true sequential={str(sequential).lower()}", calibration)
+    assert stats["reconstructed"]["layers"] == 2
+    assert relative_error(model, refit, held_out) < 0.8 * relative_error(model, plain, held_out)
+
+
+@pytest.mark.parametrize("kind", ["matmul", "conv"])
+def test_obs_cost_is_the_error_left_after_an_exact_refit(kind):
+    from onnxpress.passes.pruning.obs import _block_costs
+    from onnxpress.passes.pruning.reconstruct import _Layer
+
+    model = token_mlp() if kind == "matmul" else conv_net()
+    node = next(n for n in model.graph if n.name == ("fc2" if kind == "matmul" else "c2"))
+    feeds = token_feeds(8, seed=3) if kind == "matmul" else image_feeds(8, seed=3)
+    x_name, y_name = node.inputs[0].name, node.outputs[0].name
+    layer = _Layer(node, node.inputs[1], None)
+    rng = np.random.default_rng(0)
+    rows = [layer.rows(v[x_name], v[y_name], rng, 10**6)[0]
+            for (v,) in iter_values(OrtRunner(), [(model, [x_name, y_name])], feeds)]
+    x = np.concatenate(rows).astype(np.float64)
+    w = layer.effective()[0]
+    acc = GramAccumulator(x.shape[1], 1)
+    acc.update(x, np.zeros((len(x), 1)))
+    costs = _block_costs(layer, acc, damping=1e-12)
+    taps = layer.taps
+    assert len(costs) == x.shape[1] // taps
+    y = x @ w
+    for j in (0, 3, len(costs) - 1):
+        keep = np.setdiff1d(np.arange(x.shape[1]), np.arange(j * taps, (j + 1) * taps))
+        augmented = np.hstack([x[:, keep], np.ones((len(x), 1))])
+        fit = np.linalg.lstsq(augmented, y, rcond=None)[0]
+        left = float(np.square(augmented @ fit - y).sum())
+        assert costs[j] == pytest.approx(left, rel=1e-5, abs=1e-8 * float(np.square(y).sum()))
+
+
+def test_obs_importance_with_reconstruction_beats_magnitude():
+    model = token_mlp()
+    calibration, held_out = token_feeds(48, seed=1), token_feeds(16, seed=2)
+    errors = {}
+    for importance in ("l2", "obs"):
+        pruned, stats = prune(model, f"ratio=0.5 importance={importance} reconstruct=true", calibration)
+        assert stats["layers"]["fc1"] == "16->8"
+        errors[importance] = relative_error(model, pruned, held_out)
+    assert errors["obs"] < 0.8 * errors["l2"], errors
+
+
+def test_obs_importance_without_data_falls_back_to_l2():
+    model = token_mlp()
+    with_obs = onnxpress.optimize(model, "prune-channels{ratio=0.5 importance=obs}").model
+    with_l2 = onnxpress.optimize(model, "prune-channels{ratio=0.5 importance=l2}").model
+    assert arrays(with_obs).keys() == arrays(with_l2).keys()
+    for name, array in arrays(with_l2).items():
+        np.testing.assert_array_equal(arrays(with_obs)[name], array)
