@@ -37,6 +37,7 @@ def target_markdown(name: str) -> str:
         ("16-bit activations", _yes(caps.sixteen_bit_activations)),
         ("whole graph quantized", _yes(caps.whole_graph_quantized)),
         ("static shapes required", _yes(caps.static_shapes_required)),
+        ("static shapes preferred (faster)", _yes(caps.static_shapes_preferred or caps.static_shapes_required)),
         ("opset range", f"{lo}-{hi}"),
         ("fp16 preferred", _yes(caps.prefers_fp16)),
         ("ops it lacks (not exhaustive)", _set(caps.missing_ops)),

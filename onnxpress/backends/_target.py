@@ -19,7 +19,7 @@ from onnxpress.backends.base import Capabilities
 from onnxpress.backends.ort import OrtRunner
 from onnxpress.errors import InputError
 
-__all__ = ["OrtBackend", "available_providers", "drop_unused_opsets"]
+__all__ = ["OrtBackend", "available_providers", "drop_unused_opsets", "warn_symbolic_inputs"]
 
 logger = logging.getLogger(__name__)
 
@@ -50,6 +50,18 @@ def drop_unused_opsets(model: ir.Model) -> list[str]:
         for domain in [d for d in function.opset_imports if d not in inner]:
             del function.opset_imports[domain]
     return dropped
+
+
+def warn_symbolic_inputs(target: str, model: ir.Model) -> None:
+    """One warning naming the graph inputs with symbolic dims, for targets that run those slower."""
+    from onnxpress.passes.legalize.fix_shapes import symbolic_input_dims
+
+    symbolic = symbolic_input_dims(model)
+    if symbolic:
+        listed = "; ".join(f"{name}: {', '.join(dims)}" for name, dims in symbolic.items())
+        logger.warning("%s: symbolic input dims (%s): the EP compiles the model for dynamic shapes, which runs "
+                       "slower; fix them with --input-shape NAME:DIMS if the deployment's shapes are known",
+                       target, listed)
 
 
 class OrtBackend:
@@ -119,11 +131,13 @@ class OrtBackend:
                          self.name, self.capabilities.provider, ", ".join(providers))
         return OrtRunner(providers)
 
-    def check_placement(self, model: ir.Model, feeds: Sequence[Mapping[str, Any]]) -> dict[str, Any]:
-        """Which provider ran each node of `model`, from a real session (see placement.py)."""
+    def check_placement(self, model: ir.Model, feeds: Sequence[Mapping[str, Any]], *,
+                        python: str | None = None) -> dict[str, Any]:
+        """Which provider ran each node of `model`, from a real session (see placement.py); under
+        another interpreter's onnxruntime when `python` (or $ONNXPRESS_PLACEMENT_PYTHON) names one."""
         from onnxpress.backends.placement import check_placement
 
-        return check_placement(model, self, feeds)
+        return check_placement(model, self, feeds, python=python)
 
     # -- output ------------------------------------------------------------------------------------
     def emit(self, model: ir.Model, path: str, *, external_data: bool | None = None) -> None:
@@ -133,4 +147,6 @@ class OrtBackend:
         dropped = drop_unused_opsets(model)
         if dropped:
             logger.info("%s: dropped unused opset imports %s", self.name, ", ".join(dropped))
+        if self.capabilities.static_shapes_preferred and not self.capabilities.static_shapes_required:
+            warn_symbolic_inputs(self.name, model)
         save(model, path, external_data=external_data)

@@ -42,6 +42,8 @@ class Capabilities:
     sixteen_bit_activations: uint16 / int16 activations run fast (QNN HTP).
     whole_graph_quantized: every op should run quantized, or the EP falls back to CPU (QNN HTP).
     static_shapes_required: every graph input needs fixed dims (QNN, CoreML).
+    static_shapes_preferred: the EP runs a model with symbolic input dims, but compiles it for
+        dynamic shapes, which is slower (OpenVINO); emit warns unless `--input-shape` fixed them.
     opset_range: default-domain opsets the target loads; `convert-opset` converts into it.
     prefers_fp16: float16 compute is the fast path (CUDA, TensorRT, DML).
     missing_ops: ops it has no kernel for (not exhaustive; `check-target-ops` warns about them).
@@ -54,6 +56,7 @@ class Capabilities:
     symmetric_activations_only: bool = False
     float_bias: bool = False
     static_shapes_required: bool = False
+    static_shapes_preferred: bool = False
     opset_range: tuple[int, int] = (7, 23)
     prefers_fp16: bool = False
     missing_ops: frozenset[str] = frozenset()
