@@ -347,6 +347,10 @@ def bench_model(spec: Spec, ratios: tuple[float, ...], work: Path, repeat: int, 
         jobs.append((f"ours {r} obs+LS", lambda r=r: run_onnxpress(
             spec, f"O2,prune-channels{{ratio={r} importance=obs reconstruct=true max-samples={spec.max_samples}}}",
             spec.calib, out_dir / f"ours_{r}_obs_ls.onnx")))
+        if not spec.torch_arch:  # real weights only: sensitivity of random weights says nothing
+            jobs.append((f"ours {r} sens+obs+LS", lambda r=r: run_onnxpress(
+                spec, f"O2,prune-channels{{ratio={r} scope=sensitivity importance=obs reconstruct=true "
+                      f"max-samples={spec.max_samples}}}", spec.calib, out_dir / f"ours_{r}_sens_obs_ls.onnx")))
         if spec.heads and r in ratios:
             jobs.append((f"heads {r}", lambda r=r: run_onnxpress(
                 spec, f"O2,prune-heads{{ratio={r}}}", spec.calib, out_dir / f"heads_{r}.onnx")))
@@ -527,7 +531,9 @@ def targets(results: dict[str, Any]) -> list[str]:
             better = b[metric] > a[metric] + 1e-4
             ok_all &= better
             c = vs.get(f"ours {r} obs+LS", {}).get("fidelity")
-            cells.append(f"{r}: {a[metric]:.3f} → {b[metric]:.3f}" + (f" (obs+LS {c[metric]:.3f})" if c else ""))
+            d = vs.get(f"ours {r} sens+obs+LS", {}).get("fidelity")
+            cells.append(f"{r}: {a[metric]:.3f} → {b[metric]:.3f}" + (f" (obs+LS {c[metric]:.3f}" if c else "")
+                         + (f", sens+obs+LS {d[metric]:.3f}" if d else "") + (")" if c else ""))
         out.append(f"- Reconstruction raises fidelity on {results[key]['label']} ({metric}): "
                    f"{'; '.join(cells)} — **{'met' if ok_all else 'missed'}**.")
     if "minilm_l6_v2" in results:
@@ -563,7 +569,9 @@ def render(results: dict[str, Any], args, started: str, total_s: float) -> str:
         "`reconstruct=true max-samples=N` and calibration data (a set disjoint from the evaluation set; "
         "the refit's defaults: sequential, ridge 0.03); *obs+LS* = `importance=obs reconstruct=true` "
         "(channels ranked by the output error their removal leaves after the refit: greedy structured "
-        "Optimal Brain Surgeon on the same calibration data); *ours R r8* = the same with `round-to=8` (kept channel counts multiples of 8); "
+        "Optimal Brain Surgeon on the same calibration data); *sens+obs+LS* = the same with "
+        "`scope=sensitivity` (per-group ratios from each group's measured output error when pruned alone, "
+        "same total; real models only); *ours R r8* = the same with `round-to=8` (kept channel counts multiples of 8); "
         "*heads R* = `O2,prune-heads{ratio=R}`; *TP* = Torch-Pruning "
         f"{common.versions(['torch-pruning'])['torch-pruning']} MetaPruner (MagnitudeImportance, uniform "
         "`pruning_ratio=R`, classifier ignored) on the same torch weights, exported the same way and "
