@@ -635,22 +635,31 @@ def main(argv: list[str] | None = None) -> int:
     started, t0 = common.today(), time.perf_counter()
     specs = build_specs(Path(args.models), work, set(args.only.split(",")) if args.only else None)
     results: dict[str, Any] = {}
+    body = ""
     for spec in specs:
         if not spec.src.is_file():
             log(f"{spec.src} missing (run tools/fetch_models.py) - skipped")
             continue
         results[spec.key] = bench_model(spec, args.ratios, work, args.repeat, profile=not args.no_profile)
-    total = time.perf_counter() - t0
+        # written after every model, so a run cut short still leaves what it measured
+        left = [s.label for s in specs if s.key not in results and s.src.is_file()]
+        body = _write(results, args, started, time.perf_counter() - t0, left)
+    print(body)
+    return 0
+
+
+def _write(results: dict[str, Any], args, started: str, total: float, left: list[str]) -> str:
     if args.json:
         Path(args.json).parent.mkdir(parents=True, exist_ok=True)
         Path(args.json).write_text(json.dumps({"started": started, "seconds": total, "results": results}, indent=1,
                                               default=str))
     body = render(results, args, started, total)
-    print(body)
+    if left:
+        body = (f"**Partial run**: not measured yet when this was written: {', '.join(left)}.\n\n") + body
     if args.out:
         common.write_md_section(args.out, "pruning", "Structured pruning: prune-channels / prune-heads vs Torch-Pruning",
                                 body)
-    return 0
+    return body
 
 
 if __name__ == "__main__":

@@ -33,6 +33,8 @@ logger = logging.getLogger(__name__)
 
 #: Rows (tokens, output positions) taken from one feed at most; more are subsampled at random.
 MAX_ROWS_PER_FEED = 2048
+#: A layer is refitted only from at least as many calibration rows as a column has unknowns.
+MIN_ROWS_PER_INPUT = 1
 
 
 # ----------------------------------------------------------------------------------------------
@@ -387,10 +389,14 @@ def _batches(layers: list[_Layer]) -> list[list[_Layer]]:
 def _solve(layer: _Layer, acc: GramAccumulator, ridge: float) -> dict[str, Any]:
     """Fit `layer` from its statistics; write the fit back only if it lowers the error."""
     w_eff, b_eff = layer.effective()
-    if acc.rows < 2 * (acc.n_in + 1):
-        logger.warning("reconstruct: %s '%s' has %d inputs but saw only %d calibration rows; the refit leans on "
-                       "the ridge (give more data)", layer.op, layer.name, acc.n_in, acc.rows)
     before = acc.relative_error(w_eff, b_eff)
+    if acc.rows < MIN_ROWS_PER_INPUT * (acc.n_in + 1):
+        # fewer rows than unknowns (a conv after global pooling sees one row per feed): the fit,
+        # its bias undamped, would reproduce these few rows and nothing else
+        logger.warning("reconstruct: %s '%s' not refitted: %d inputs but only %d calibration rows (give more "
+                       "data)", layer.op, layer.name, acc.n_in, acc.rows)
+        return {"error_before": round(before, 6), "error_after": round(before, 6), "rows": acc.rows,
+                "refitted": False, "reason": "too few calibration rows"}
     new_w, new_b = acc.solve(ridge, bias=b_eff is not None, prior=w_eff)
     after = acc.relative_error(new_w, new_b)
     refitted = bool(np.isfinite(after) and after < before)
