@@ -240,7 +240,13 @@ def _render_placement(console: Any, placement: dict[str, Any]) -> None:
     nodes = placement.get("nodes") or []
     fallback = placement.get("fallback") or []
     counts = ", ".join(f"{n} on {p}" for p, n in (placement.get("by_provider") or {}).items())
-    console.print(f"placement: {len(nodes)} node(s) ran: {counts or 'none'}", markup=False, highlight=False)
+    partitions = placement.get("partitions") or []
+    if partitions:  # an EP that compiles subgraphs shows one kernel per partition, not its nodes
+        absorbed = placement.get("absorbed") or []
+        console.print(f"placement: {len(partitions)} compiled {target} partition(s) holding {len(absorbed)} "
+                      f"node(s); {len(nodes)} kernel(s) ran: {counts or 'none'}", markup=False, highlight=False)
+    else:
+        console.print(f"placement: {len(nodes)} node(s) ran: {counts or 'none'}", markup=False, highlight=False)
     if fallback:
         shown = ", ".join(fallback[:10]) + (f" and {len(fallback) - 10} more" if len(fallback) > 10 else "")
         console.print(f"fell back from {target}: {shown}", markup=False, highlight=False)

@@ -136,3 +136,22 @@ def test_render_handles_missing_values_and_no_fidelity():
     report.render(Console(file=out, width=100, color_system=None))
     assert "(not saved)" in out.getvalue() and "fidelity" not in out.getvalue()
     assert report.seconds == 0.0
+
+
+@pytest.mark.parametrize("partitioned", [False, True], ids=["per-node", "compiled-partitions"])
+def test_render_placement_names_partitions_and_fallbacks(partitioned):
+    placement = {"checked": True, "target_provider": "OpenVINOExecutionProvider",
+                 "nodes": [{"name": "OpenVINO-EP-subgraph_1_0"}, {"name": "tail"}],
+                 "by_provider": {"OpenVINOExecutionProvider": 1, "CPUExecutionProvider": 1},
+                 "fallback": ["tail"]}
+    if partitioned:
+        placement.update(partitions=["OpenVINO-EP-subgraph_1_0"], absorbed=["conv", "relu", "pool"])
+    report = Report(None, None, "dce", {"nodes": 0}, {"nodes": 0}, passes=[], fidelity=None, placement=placement)
+    out = io.StringIO()
+    report.render(Console(file=out, width=200, color_system=None))
+    text = out.getvalue()
+    if partitioned:
+        assert "1 compiled OpenVINOExecutionProvider partition(s) holding 3 node(s)" in text
+    else:
+        assert "placement: 2 node(s) ran" in text
+    assert "fell back from OpenVINOExecutionProvider: tail" in text
