@@ -26,6 +26,7 @@ import onnx_ir as ir
 
 from onnxpress.passes.cleanup import _util as u
 from onnxpress.passes.cleanup._shape_values import ShapeValues, dim_key
+from onnxpress.passes.pruning._attention_values import broadcast_dim, depends_on
 
 __all__ = ["AttentionBlock", "Projection", "TargetEdit", "find_attention_blocks"]
 
@@ -406,7 +407,7 @@ class _Matcher:
         from_right = 4 - head_axis
         if rank < from_right:
             return
-        dim = _broadcast_dim(mask, rank - from_right, self.shapes, 0)
+        dim = broadcast_dim(mask, rank - from_right, self.shapes, 0)
         if dim != 1:
             raise NoMatch(f"mask '{mask.name}' may differ per head (size {dim if dim is not None else '?'})")
 
@@ -445,123 +446,13 @@ class _Matcher:
                 if id(user) not in inside:
                     raise NoMatch(f"'{value.name}' is also read by {user.op_type} '{user.name}'")
         mask_add = next((n for n in block.score_ops if n.op_type == "Add"), None)
-        if mask_add is not None and any(_depends_on(x, changing) for x in mask_add.inputs if id(x) not in changing):
+        if mask_add is not None and any(depends_on(x, changing) for x in mask_add.inputs if id(x) not in changing):
             raise NoMatch("the mask is computed from the attention itself")
         for reshape in [p.reshape for p in block.projections] + [block.merge]:
             if u.const_array(reshape.inputs[1]) is None:
                 for piece in reshape.inputs[1].producer().inputs:
-                    if _depends_on(piece, changing):
+                    if depends_on(piece, changing):
                         raise NoMatch(f"Reshape '{reshape.name}': target depends on a value whose heads change")
-
-
-def _depends_on(value: ir.Value | None, changing: set[int]) -> bool:
-    """True when `value` is computed from a value in `changing` (Shape of an unchanged value stops)."""
-    stack, seen = [value], set()
-    while stack:
-        v = stack.pop()
-        if v is None or id(v) in seen:
-            continue
-        seen.add(id(v))
-        if id(v) in changing:
-            return True
-        node = v.producer()
-        if node is None:
-            continue
-        if u.is_onnx_op(node, "Shape"):
-            if id(node.inputs[0]) in changing:
-                return True
-            continue
-        stack.extend(node.inputs)
-    return False
-
-
-_ELEMENTWISE = ("Add", "Sub", "Mul", "Div", "And", "Or", "Where", "Equal", "Less", "Greater", "LessOrEqual",
-                "GreaterOrEqual", "Max", "Min")
-_UNARY = ("Cast", "Not", "Neg", "Identity", "Sqrt", "Exp", "Log", "Abs", "Relu", "Sigmoid", "Tanh")
-
-
-def _broadcast_dim(value: ir.Value | None, axis: int, shapes: ShapeValues, depth: int) -> int | None:
-    """The runtime size of `value` on `axis` (non-negative, of its own rank), or None if unknown.
-
-    Follows broadcasting element-wise ops and `Expand` with a shape computation, which is how
-    exporters build the additive attention mask from the token mask.
-    """
-    if value is None or value.shape is None or not 0 <= axis < len(value.shape) or depth > 32:
-        return None
-    d = value.shape[axis]
-    if isinstance(d, int):
-        return d
-    node = value.producer()
-    if node is None or node.domain not in ("", "ai.onnx"):
-        return None
-    rank = len(value.shape)
-    from_right = rank - axis
-    if node.op_type in _UNARY:
-        return _broadcast_dim(node.inputs[0], axis, shapes, depth + 1)
-    if node.op_type in _ELEMENTWISE or node.op_type == "Expand":
-        dims: list[int | None] = []
-        operands = node.inputs if node.op_type != "Expand" else node.inputs[:1]
-        for x in operands:
-            if x is None or x.shape is None:
-                return None
-            r = len(x.shape)
-            dims.append(1 if r < from_right else _broadcast_dim(x, r - from_right, shapes, depth + 1))
-        if node.op_type == "Expand":
-            target = _int_vector(node.inputs[1], shapes)
-            if target is None:
-                return None
-            dims.append(1 if len(target) < from_right else target[len(target) - from_right])
-        known = {x for x in dims if x is not None}
-        if len(known - {1}) == 1:
-            return next(iter(known - {1}))  # broadcasting: every other size is 1 or the same
-        if known == {1} and None not in dims:
-            return 1
-        return None
-    return None
-
-
-def _int_vector(value: ir.Value | None, shapes: ShapeValues) -> list[int | None] | None:
-    """A 1-D int vector element by element: ints where known, None for runtime dims (>= 0)."""
-    got = shapes.get(value)
-    if got is not None and not got[1]:
-        return [e if isinstance(e, int) else None for e in got[0]]
-    node = value.producer() if value is not None else None
-    if node is None or node.domain not in ("", "ai.onnx"):
-        return None
-    if node.op_type == "Where":
-        cond = _bool_vector(node.inputs[0], shapes)
-        a, b = _int_vector(node.inputs[1], shapes), _int_vector(node.inputs[2], shapes)
-        if cond is None or a is None or b is None:
-            return None
-        n = max(len(cond), len(a), len(b))
-        cond, a, b = (x * n if len(x) == 1 else x for x in (cond, a, b))
-        if not len(cond) == len(a) == len(b):
-            return None
-        return [None if c is None else (x if c else y) for c, x, y in zip(cond, a, b)]
-    return None
-
-
-def _bool_vector(value: ir.Value | None, shapes: ShapeValues) -> list[bool | None] | None:
-    node = value.producer() if value is not None else None
-    if node is None or not u.is_onnx_op(node, "Equal"):
-        return None
-    got = [shapes.get(x) for x in node.inputs]
-    if any(g is None for g in got):
-        return None
-    a, b = (g[0] for g in got)  # type: ignore[index]
-    n = max(len(a), len(b))
-    a, b = (x * n if len(x) == 1 else x for x in (a, b))
-    if len(a) != len(b):
-        return None
-    out: list[bool | None] = []
-    for x, y in zip(a, b):
-        if isinstance(x, int) and isinstance(y, int):
-            out.append(x == y)
-        elif isinstance(x, int) and x < 0 or isinstance(y, int) and y < 0:
-            out.append(False)  # a runtime dim is never negative
-        else:
-            out.append(x == y if x == y else None)
-    return out
 
 
 def _block_name(nodes: list[ir.Node]) -> str:
