@@ -4,7 +4,8 @@ Pure planning, no mutation: `candidates` lists the nodes the target could run qu
 pass knows which tensors to calibrate), and `place` turns candidates plus calibrated ranges into a
 `Plan` — which nodes run quantized, which tensors get their own scale, which share the scale of
 their input, which weights and biases become integer initializers, and which nodes stay float and
-why. The rules, in the order they are checked for one node:
+why. The per-op rules themselves (`RULES`, `FRAGILE`, folding) live in `rules`. They are checked in
+this order for one node:
 
 * an op is quantized only if the backend lists it in `Capabilities.qdq_ops` and we have a rule
   for it (`RULES`); norms and the pieces of decomposed norms / GELU (`FRAGILE`) never are;
@@ -15,13 +16,26 @@ why. The rules, in the order they are checked for one node:
   |value| >= 1e30 keep the node float, as does a Concat whose inputs' magnitudes differ by more
   than `range_ratio` (box coordinates joined with scores);
 * constant inputs become quantized weights only where the rule says which per-channel axis they
-  have (Conv 0, ConvTranspose 1, MatMul [K, N] 1, Gemm 0 or 1 by transB); a constant operand of
-  Add / Mul / Concat / Where keeps the node float (a bias Add after MatMul stays float, which ORT
-  folds into MatMulIntegerToFloat);
+  have (Conv 0, ConvTranspose 1, MatMul [K, N] 1, Gemm 0 or 1 by transB);
+* a constant operand of Add / Mul (a bias, hard-swish's `+ 3`, a scale) becomes a per-tensor
+  integer initializer of the *activation* type with its own scale, + DequantizeLinear: ORT's
+  QLinearAdd / QLinearMul take both inputs in one type. Only constants that nothing else reads as a
+  weight, and without sentinel values (an additive mask of -1e38 keeps its Add float). Such an
+  affine step right after a fragile op (a decomposed norm's `var + eps`, `x̂ · γ + β`, GELU's
+  `erf + 1`), and chains of them, stay float with it; a constant operand of Concat / Where keeps
+  the node float;
+* the residual stream of a transformer stays float: Adds whose sum only a norm reads, and the
+  single-use (bias) Adds feeding them (`residual_stream_adds`: outlier channels make one 8-bit
+  scale useless there); a MatMul feeding such a bias Add keeps integer compute with a float
+  output, its `(m + b) + r` re-associated to `(m + r) + b` so ORT does not fuse it into a float Gemm;
 * Relu / Clip directly after a quantized op whose kernel needs a quantized output are folded: the
   output QDQ goes after the activation, none between (ORT then drops the activation);
 * data-movement ops (Reshape, Transpose, Gather, Slice, Split, MaxPool, Resize, ...) whose input is
-  quantized share its scale, and only where something quantized reads them.
+  quantized share its scale, and only where something quantized reads them;
+* a Gather reading a constant float table (embeddings) quantizes the table like a constant
+  operand (activation type, per tensor) and re-quantizes its output with the table's own scale:
+  ORT drops that DQ -> Gather -> Q to an integer Gather, so the table is stored and read in 8 bits.
+  Tables read by anything but Gather (tied with an output projection) are left to the weight path.
 """
 
 from __future__ import annotations
@@ -34,103 +48,27 @@ from collections import Counter
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from typing import Any
 
+import numpy as np
 import onnx_ir as ir
 
 from onnxpress.passes.cleanup import _util as u
-
-__all__ = ["FRAGILE", "OpRule", "Plan", "RULES", "SENTINEL_ABS", "candidates", "graphs_of", "place"]
-
-logger = logging.getLogger(__name__)
-
-#: A calibrated |value| this large is a mask / sentinel, never a signal worth a scale.
-SENTINEL_ABS = 1e30
-
-#: Numerically fragile ops: quantizing their inputs or outputs destroys accuracy (REFERENCES.md).
-FRAGILE = frozenset(
-    {
-        "LayerNormalization", "RMSNormalization", "SimplifiedLayerNormalization", "GroupNormalization",
-        "InstanceNormalization", "Pow", "Sqrt", "Div", "Reciprocal", "ReduceMean", "Erf", "Exp", "Log",
-    }
+from onnxpress.passes.quantize.rules import (
+    FOLDABLE,
+    FRAGILE,
+    NOT_FLOAT,
+    RULES,
+    SENTINEL_ABS,
+    OpRule,
+    feeds_bias_add,
+    fold_target,
+    is_float,
 )
 
-#: Activations ORT removes in front of a Q whose zero point is the type's minimum (ReLU) or whose
-#: range the clip covers: folded into the producer's output range.
-FOLDABLE = frozenset({"Relu", "Clip"})
+# The rules are re-exported: backends and the other quantize modules read them from here.
+__all__ = ["FOLDABLE", "FRAGILE", "NOT_FLOAT", "OpRule", "Plan", "RULES", "SENTINEL_ABS", "candidates",
+           "feeds_bias_add", "fold_target", "graphs_of", "is_float", "place"]
 
-#: `_decide`'s answer for a node without float data (int64 shape arithmetic): not a candidate at all.
-NOT_FLOAT = "no float inputs"
-
-AxisFn = Callable[[ir.Node, int, int], "int | None"]
-
-
-@dataclasses.dataclass(frozen=True)
-class OpRule:
-    """How one op type is quantized.
-
-    inputs: indices of the float inputs to quantize (None: all inputs).
-    weight_axis: (node, input index, weight rank) -> per-channel axis or None (per-tensor); where
-        set, constant inputs become quantized weights; where None, a constant input keeps the op
-        float.
-    bias: index of an int32 bias input (scale = s_input0 · s_weight).
-    output_q: the integer kernel needs a quantized output (QLinearConv, QLinearAdd, ...); MatMul
-        and Gemm fuse without one (MatMulIntegerToFloat, QGemm with float output).
-    shares_scale: data movement: the outputs take the input's scale, no new scale.
-    known_range: the output's range is known exactly (Softmax, Sigmoid): no calibration needed.
-    """
-
-    inputs: tuple[int, ...] | None = (0,)
-    weight_axis: AxisFn | None = None
-    bias: int | None = None
-    output_q: bool = True
-    shares_scale: bool = False
-    known_range: tuple[float, float] | None = None
-
-
-def _conv_axis(node: ir.Node, index: int, rank: int) -> int | None:
-    return 0 if index == 1 else None
-
-
-def _conv_transpose_axis(node: ir.Node, index: int, rank: int) -> int | None:
-    # W is [C_in, C_out / group, k...]: axis 1 holds every output channel only when group == 1.
-    return 1 if index == 1 and u.attr_int(node, "group", 1) == 1 else None
-
-
-def _gemm_axis(node: ir.Node, index: int, rank: int) -> int | None:
-    if index != 1 or rank != 2:
-        return None
-    return 0 if u.attr_int(node, "transB", 0) else 1
-
-
-def _matmul_axis(node: ir.Node, index: int, rank: int) -> int | None:
-    return 1 if index == 1 and rank == 2 else None
-
-
-_POINTWISE = OpRule()
-_SHARED = OpRule(output_q=False, shares_scale=True)
-
-RULES: dict[str, OpRule] = {
-    "Conv": OpRule(inputs=(0, 1), weight_axis=_conv_axis, bias=2),
-    "ConvTranspose": OpRule(inputs=(0, 1), weight_axis=_conv_transpose_axis, bias=2),
-    "Gemm": OpRule(inputs=(0, 1), weight_axis=_gemm_axis, bias=2, output_q=False),
-    "MatMul": OpRule(inputs=(0, 1), weight_axis=_matmul_axis, output_q=False),
-    "Add": OpRule(inputs=None),
-    "Mul": OpRule(inputs=None),
-    "Concat": OpRule(inputs=None),
-    "Where": OpRule(inputs=(1, 2)),
-    "AveragePool": _POINTWISE,
-    "GlobalAveragePool": _POINTWISE,
-    "LeakyRelu": _POINTWISE,
-    "Softmax": OpRule(known_range=(0.0, 1.0)),
-    "Sigmoid": OpRule(known_range=(0.0, 1.0)),
-    **{
-        op: _SHARED
-        for op in (
-            "Reshape", "Transpose", "Squeeze", "Unsqueeze", "Flatten", "Gather", "GatherElements", "Slice",
-            "Split", "MaxPool", "Resize", "Expand", "Tile", "DepthToSpace", "SpaceToDepth",
-        )
-    },
-}
-
+logger = logging.getLogger(__name__)
 
 # ----------------------------------------------------------------------------------------------
 # The plan
@@ -155,9 +93,14 @@ class Plan:
     shared: dict[ir.Value, ir.Value] = dataclasses.field(default_factory=dict)
     shared_nodes: list[ir.Node] = dataclasses.field(default_factory=list)
     weights: dict[ir.Value, WeightUse] = dataclasses.field(default_factory=dict)
+    #: constant operands quantized like activations (activation type, per tensor) -> (min, max)
+    constants: dict[ir.Value, tuple[float, float]] = dataclasses.field(default_factory=dict)
     #: (node, bias input index, weight value, activation value)
     biases: list[tuple[ir.Node, int, ir.Value, ir.Value]] = dataclasses.field(default_factory=list)
     folded: list[ir.Node] = dataclasses.field(default_factory=list)
+    table_gathers: list[ir.Node] = dataclasses.field(default_factory=list)  # Gathers of quantized tables
+    #: float bias Adds `(m + b) + r` to rewrite as `(m + r) + b` (see `residual_stream_adds`)
+    reassociate: list[ir.Node] = dataclasses.field(default_factory=list)
     kept_float: dict[str, str] = dataclasses.field(default_factory=dict)  # node name -> reason
     tensors_kept_float: dict[str, str] = dataclasses.field(default_factory=dict)  # tensor -> reason
 
@@ -198,10 +141,6 @@ def exclusion_matcher(patterns: Sequence[str]) -> Callable[[ir.Node], bool]:
     return excluded
 
 
-def _is_float(value: ir.Value | None) -> bool:
-    return value is not None and value.dtype == ir.DataType.FLOAT
-
-
 def _data_inputs(node: ir.Node, rule: OpRule) -> list[tuple[int, ir.Value]]:
     indices = range(len(node.inputs)) if rule.inputs is None else rule.inputs
     return [(i, node.inputs[i]) for i in indices if i < len(node.inputs) and node.inputs[i] is not None]
@@ -210,33 +149,6 @@ def _data_inputs(node: ir.Node, rule: OpRule) -> list[tuple[int, ir.Value]]:
 def _shared_outputs(node: ir.Node) -> list[ir.Value]:
     # MaxPool's optional second output holds indices, not data.
     return node.outputs[:1] if node.op_type == "MaxPool" else list(node.outputs)
-
-
-def fold_target(node: ir.Node, excluded: Callable[[ir.Node], bool]) -> ir.Node | None:
-    """The Relu / Clip whose output carries `node`'s quantized output, or None."""
-    out = node.outputs[0]
-    if out.is_graph_output() or len(out.uses()) != 1:
-        return None
-    user = next(iter(out.uses())).node
-    if not u.is_onnx_op(user, *FOLDABLE) or excluded(user) or not _is_float(user.outputs[0]):
-        return None
-    if user.op_type == "Clip" and any(
-        v is not None and u.const_array(v) is None for v in user.inputs[1:]
-    ):
-        return None
-    return user
-
-
-def feeds_bias_add(node: ir.Node) -> bool:
-    """A MatMul whose only reader adds a constant: without a Q on its output ORT fuses the pair
-    into a float Gemm (with Reshapes for N-d inputs) and the integer MatMul is lost."""
-    out = node.outputs[0]
-    if node.op_type != "MatMul" or out.is_graph_output() or len(out.uses()) != 1:
-        return False
-    user = next(iter(out.uses())).node
-    return u.is_onnx_op(user, "Add") and any(
-        v is not None and v is not out and u.const_array(v) is not None for v in user.inputs
-    )
 
 
 def candidates(model: ir.Model, qdq_ops: Iterable[str]) -> list[tuple[ir.Node, OpRule]]:
@@ -259,12 +171,12 @@ def tensors_to_calibrate(model: ir.Model, cands: Sequence[tuple[ir.Node, OpRule]
         if rule.shares_scale or excluded(node):
             continue
         for _, value in _data_inputs(node, rule):
-            if _is_float(value) and u.const_array(value) is None:
+            if is_float(value) and u.const_array(value) is None:
                 names[value.name] = None
         if (rule.output_q or feeds_bias_add(node)) and rule.known_range is None:
             folded = fold_target(node, excluded)
             out = (folded or node).outputs[0]
-            if _is_float(out):
+            if is_float(out):
                 names[out.name] = None
     return [n for n in names if n]
 
@@ -297,6 +209,7 @@ def _absmax(rng: Any) -> float:
 class _Decision:
     acts: list[ir.Value]
     weights: list[tuple[int, ir.Value, int | None]]
+    constants: list[ir.Value]
     output: ir.Value | None
     output_range: tuple[float, float] | None
     folded: ir.Node | None
@@ -309,17 +222,26 @@ def _decide(
     excluded: Callable[[ir.Node], bool],
     range_ratio: float,
     bad_tensors: dict[str, str],
+    float_output: bool = False,
 ) -> _Decision | str:
-    """What quantizing `node` needs, or the reason it stays float."""
+    """What quantizing `node` needs, or the reason it stays float. `float_output`: a MatMul before
+    a bias Add that will be re-associated (no Q needed on its output)."""
     acts: list[ir.Value] = []
     weights: list[tuple[int, ir.Value, int | None]] = []
+    constants: list[ir.Value] = []
     for index, value in _data_inputs(node, rule):
-        if not _is_float(value):
+        if not is_float(value):
             if value.dtype is None:
                 return f"input {value.name!r} has an unknown type"
             continue  # Where's condition, Gather's indices ...
         array = u.const_array(value)
         if array is not None:
+            if rule.constant_operands:
+                problem = _constant_operand_problem(value, array)
+                if problem:
+                    return problem
+                constants.append(value)
+                continue
             if rule.weight_axis is None:
                 return "constant operand"
             weights.append((index, value, rule.weight_axis(node, index, array.ndim)))
@@ -330,7 +252,7 @@ def _decide(
             return f"input {value.name!r}: {problem}"
         acts.append(value)
     if not acts:
-        return NOT_FLOAT if not weights else "no activation input"
+        return NOT_FLOAT if not (weights or constants) else "no activation input"
     if node.op_type == "Concat" and len(acts) > 1:
         mags = [m for m in (_absmax(ranges[v.name]) for v in acts) if m > 0]
         if mags and max(mags) > range_ratio * min(mags):
@@ -338,10 +260,10 @@ def _decide(
                 bad_tensors[v.name] = f"joins ranges {min(mags):.3g} and {max(mags):.3g}"
             return f"inputs' ranges differ {max(mags) / min(mags):.0f}x (> range-ratio {range_ratio:g})"
     output, output_range, folded = None, None, None
-    if rule.output_q or feeds_bias_add(node):
+    if rule.output_q or (feeds_bias_add(node) and not float_output):
         folded = fold_target(node, excluded)
         output = (folded or node).outputs[0]
-        if not _is_float(output):
+        if not is_float(output):
             return "output is not float32"
         if rule.known_range is not None and folded is None:
             output_range = rule.known_range
@@ -352,7 +274,86 @@ def _decide(
                 bad_tensors[output.name] = problem
                 return f"output {output.name!r}: {problem}"
             output_range = (float(rng.min), float(rng.max))
-    return _Decision(acts, weights, output, output_range, folded)
+    return _Decision(acts, weights, constants, output, output_range, folded)
+
+
+#: Ops that read a residual stream to normalise it (a decomposed LayerNorm starts ReduceMean + Sub).
+NORM_READERS = frozenset({"LayerNormalization", "SimplifiedLayerNormalization", "RMSNormalization",
+                          "SkipLayerNormalization", "GroupNormalization", "InstanceNormalization", "ReduceMean", "Sub"})
+
+
+def residual_stream_adds(model: ir.Model, excluded: Callable[[ir.Node], bool]) -> set[ir.Node]:
+    """Adds whose sum only a norm reads (a transformer's residual stream), and the single-use Adds
+    feeding them (the bias Add before the residual Add).
+
+    Residual streams carry a few outlier channels far above the rest (Kovaleva et al. 2021; Dettmers
+    et al. 2022, LLM.int8()): one per-tensor scale spends the 8 bits on them and rounds every
+    other channel away. These Adds are cheap in float (ORT fuses Add + LayerNorm), so they stay float."""
+    out: set[ir.Node] = set()
+    for graph in graphs_of(model):
+        for node in graph:
+            if not u.is_onnx_op(node, "Add") or excluded(node) or node.outputs[0].is_graph_output():
+                continue
+            readers = [use.node for use in node.outputs[0].uses()]
+            if readers and all(u.is_onnx_op(r, *NORM_READERS) for r in readers) \
+                    and any(not u.is_onnx_op(r, "Sub") for r in readers):
+                out.add(node)
+    frontier = list(out)
+    while frontier:  # single-use Adds feeding a residual Add belong to the stream too
+        node = frontier.pop()
+        for value in node.inputs:
+            producer = value.producer() if value is not None else None
+            if producer is not None and producer not in out and u.is_onnx_op(producer, "Add") \
+                    and not excluded(producer) and len(value.uses()) == 1 and not value.is_graph_output():
+                out.add(producer)
+                frontier.append(producer)
+    return out
+
+
+def _reassociable_bias_add(node: ir.Node, residual: set[ir.Node], order: Mapping[ir.Node, int]) -> ir.Node | None:
+    """For a MatMul -> bias Add A -> residual Add R (both float): A, when `(m + b) + r` can become
+    `(m + r) + b`. Then ORT sees MatMul -> Add(m, r), keeps the MatMul integer with a float output
+    (MatMulIntegerToFloat) instead of fusing MatMul + bias into a float Gemm, and the MatMul needs no
+    Q on its output, so the residual stream is never rounded to 8 bits."""
+    if not feeds_bias_add(node):
+        return None
+    bias_add = next(iter(node.outputs[0].uses())).node
+    if bias_add not in residual or bias_add.outputs[0].is_graph_output() or len(bias_add.outputs[0].uses()) != 1:
+        return None
+    other = next(iter(bias_add.outputs[0].uses())).node
+    if other not in residual or other.graph is not bias_add.graph:
+        return None
+    rest = [v for v in other.inputs if v is not bias_add.outputs[0]]
+    if len(rest) != 1 or rest[0] is None or u.const_array(rest[0]) is not None:
+        return None
+    if rest[0].shape != bias_add.outputs[0].shape:  # r must not broadcast A's output to a new shape
+        return None
+    producer = rest[0].producer()
+    if producer is not None and (producer.graph is not bias_add.graph or order[producer] > order[bias_add]):
+        return None  # r must exist before A reads it
+    return bias_add
+
+
+def _after_fragile(node: ir.Node, rule: OpRule, fragile_chain: set[ir.Node]) -> bool:
+    """An Add / Mul with a constant operand whose other input comes from a fragile op (or such a step)."""
+    if not rule.constant_operands:
+        return False
+    inputs = [v for v in node.inputs if v is not None]
+    if not any(u.const_array(v) is not None for v in inputs):
+        return False
+    return any(v.producer() in fragile_chain for v in inputs if u.const_array(v) is None)
+
+
+def _constant_operand_problem(value: ir.Value, array: Any) -> str | None:
+    """Why a constant operand of Add / Mul cannot get its own activation-type scale, or None."""
+    if array.size == 0 or not bool(np.all(np.isfinite(array))):
+        return "constant operand with non-finite values"
+    if float(np.abs(array).max()) >= SENTINEL_ABS:
+        return "constant operand with sentinel values (mask)"
+    # A constant that is also a Conv / MatMul weight gets the weight's int8 form; one tensor, one form.
+    if any(not u.is_onnx_op(use.node, "Add", "Mul") for use in value.uses()):
+        return "constant operand shared with a weight"
+    return None
 
 
 def place(
@@ -364,28 +365,52 @@ def place(
     range_ratio: float = 100.0,
     per_channel: bool = True,
     quantize_bias: bool = True,
+    keep_float: Mapping[ir.Node, str] | None = None,
 ) -> Plan:
-    """Decide, from candidates and calibrated ranges, everything the pass will insert."""
+    """Decide, from candidates and calibrated ranges, everything the pass will insert.
+
+    `keep_float`: nodes that stay float whatever the rules say (the sensitivity fallback's choice),
+    with the reason the stats report."""
+    keep_float = keep_float or {}
     plan = Plan()
     calibrated_graphs = _calibrated_graphs(model, ranges)
     compute = [(n, r) for n, r in cands if not r.shares_scale]
     movers = [(n, r) for n, r in cands if r.shares_scale]
 
     weight_axes: dict[ir.Value, set[int | None]] = {}
+    residual = residual_stream_adds(model, excluded)
+    order = {node: i for graph in graphs_of(model) for i, node in enumerate(graph)}
+    fragile_chain: set[ir.Node] = set()  # fragile ops and the constant-operand steps after them
+    for graph in graphs_of(model):
+        fragile_chain.update(n for n in graph if u.is_onnx_op(n, *FRAGILE))
     for node, rule in compute:
         if excluded(node):
             plan.keep_float(node, "excluded")
             continue
+        if node in keep_float:
+            plan.keep_float(node, keep_float[node])
+            continue
+        if _after_fragile(node, rule, fragile_chain):
+            fragile_chain.add(node)
+            plan.keep_float(node, "affine step of a fragile op (norm / GELU piece)")
+            continue
         if node.graph is not model.graph and node.graph not in calibrated_graphs:
             plan.keep_float(node, "subgraph not calibrated")
             continue
-        decision = _decide(node, rule, ranges, excluded, range_ratio, plan.tensors_kept_float)
+        if node in residual:
+            plan.keep_float(node, "residual stream into a norm")
+            continue
+        bias_add = _reassociable_bias_add(node, residual, order)
+        decision = _decide(node, rule, ranges, excluded, range_ratio, plan.tensors_kept_float,
+                           float_output=bias_add is not None)
         if decision is NOT_FLOAT:  # shape arithmetic on int64 and the like: nothing to report
             continue
         if isinstance(decision, str):
             plan.keep_float(node, decision)
             continue
         plan.nodes.append(node)
+        if bias_add is not None:
+            plan.reassociate.append(bias_add)
         for value in decision.acts:  # a producer's known output range (Softmax: [0, 1]) wins
             rng = ranges[value.name]
             plan.tensors.setdefault(value, (float(rng.min), float(rng.max)))
@@ -393,6 +418,9 @@ def place(
             plan.tensors[decision.output] = decision.output_range
         if decision.folded is not None:
             plan.folded.append(decision.folded)
+        for value in decision.constants:
+            array = u.const_array(value)
+            plan.constants[value] = (float(array.min()), float(array.max()))
         for index, value, axis in decision.weights:
             use = plan.weights.setdefault(value, WeightUse(value, axis if per_channel else None))
             use.users.append((node, index))
@@ -400,15 +428,38 @@ def place(
         if quantize_bias and rule.bias is not None and rule.bias < len(node.inputs):
             bias = node.inputs[rule.bias]
             weight = next((v for i, v, _ in decision.weights if i == 1), None)
-            if bias is not None and weight is not None and _is_float(bias) and u.const_array(bias) is not None \
+            if bias is not None and weight is not None and is_float(bias) and u.const_array(bias) is not None \
                     and node.inputs[0] in decision.acts:
                 plan.biases.append((node, rule.bias, weight, node.inputs[0]))
 
     for value, axes in weight_axes.items():
         if len(axes) > 1:  # a tied weight read along different axes: one per-tensor scale for all
             plan.weights[value].axis = None
+    _place_table_gathers(plan, model, movers, excluded, calibrated_graphs)
     _place_movers(plan, movers, excluded)
     return plan
+
+
+def _place_table_gathers(plan: Plan, model: ir.Model, movers: Sequence[tuple[ir.Node, OpRule]],
+                         excluded: Callable[[ir.Node], bool], calibrated_graphs: set[ir.Graph]) -> None:
+    """Gathers of constant float tables: table and output share one scale, the table's range."""
+    for node, _ in movers:
+        if node.op_type != "Gather" or excluded(node) or not node.inputs or not is_float(node.inputs[0]):
+            continue
+        if node.graph is not model.graph and node.graph not in calibrated_graphs:
+            continue
+        table = node.inputs[0]
+        array = u.const_array(table)
+        if array is None or table in plan.weights or not is_float(node.outputs[0]):
+            continue
+        if array.size == 0 or not bool(np.all(np.isfinite(array))) or float(np.abs(array).max()) >= SENTINEL_ABS:
+            continue
+        if any(not u.is_onnx_op(use.node, "Gather") for use in table.uses()):
+            continue
+        rng = (float(array.min()), float(array.max()))
+        plan.constants[table] = rng
+        plan.tensors[node.outputs[0]] = rng  # overrides a reader's calibrated range: one scale
+        plan.table_gathers.append(node)
 
 
 def _place_movers(plan: Plan, movers: Sequence[tuple[ir.Node, OpRule]], excluded: Callable[[ir.Node], bool]) -> None:
@@ -419,7 +470,7 @@ def _place_movers(plan: Plan, movers: Sequence[tuple[ir.Node, OpRule]], excluded
         if excluded(node):
             continue
         data = node.inputs[0] if node.inputs else None
-        if data is None or not _is_float(data):
+        if data is None or not is_float(data):
             continue
         root = data if data in plan.tensors else shared.get(data)
         if root is None:

@@ -2,21 +2,20 @@
 
 `quantize-qdq{activations=uint8 weights=int8 per-channel=true symmetric-activations=false
 symmetric-weights=true calibration=percentile percentile=99.999 exclude= bias=int32 force=false
-range-ratio=100 max-samples=64 upgrade-opset=true}`
+range-ratio=100 max-samples=64 upgrade-opset=true fallback=auto target-sqnr=20 max-float=16
+fallback-samples=8 fallback-trials=24 max-float-macs=0.05}`
 
 Steps: refuse models that are already quantized (unless `force`); list the nodes the backend's
 `Capabilities.qdq_ops` could run quantized (`placement.candidates`); make sure the opset can
 express what is asked (per-channel needs 13, 16-bit needs 21: upgrade with onnx's version converter
 when that is safe, else per-tensor / com.microsoft Q/DQ, with a diagnostic); calibrate the tensors
 that would set scales (`calibration.calibrate`, streaming); decide placement from the ranges
-(`placement.place`); compute every scale and integer tensor; only then edit the model:
-
-* activations: `T -> QuantizeLinear -> DequantizeLinear -> readers` (every reader, float ones
-  too, so that the producer's only consumer is Q and ORT can fuse it); a graph output keeps its
-  name on the DQ output;
-* weights: an integer initializer + DequantizeLinear (per-channel on the op's output-channel axis),
-  quantized once per constant however many nodes read it (tied weights stay consistent);
-* biases of Conv / ConvTranspose / Gemm: int32 with scale s_x · s_w and zero point 0.
+(`placement.place`); with `fallback=auto`, keep float the few tensors whose quantization noise
+costs the most output fidelity, measured on clones until the output SQNR on the calibration feeds
+reaches `target-sqnr` dB (`fallback.choose_float_nodes`; at most `max-float` tensors and
+`max-float-macs` of the quantized MACs); then `qdq_build.Builder` computes every scale and integer
+tensor and only then edits the model (activations Q -> DQ; weights as integer initializers + DQ;
+constant Add / Mul operands and Gather tables in the activation type; int32 biases).
 """
 
 from __future__ import annotations
@@ -27,7 +26,6 @@ import re
 from collections import Counter
 from typing import Any
 
-import numpy as np
 import onnx_ir as ir
 
 from onnxpress.ir import ops
@@ -36,9 +34,11 @@ from onnxpress.ir.shapes import infer_shapes
 from onnxpress.passes.base import Pass, PassResult, Tolerance
 from onnxpress.passes.cleanup import _util as u
 from onnxpress.passes.manager import PassContext
+from onnxpress.passes.quantize import fallback as fb
 from onnxpress.passes.quantize import placement as pl
 from onnxpress.passes.quantize import quant_math as qm
 from onnxpress.passes.quantize.calibration import calibrate
+from onnxpress.passes.quantize.qdq_build import Builder
 from onnxpress.passes.registry import register_pass
 
 __all__ = ["QuantizeQdqPass"]
@@ -49,6 +49,7 @@ ACTIVATION_TYPES = ("uint8", "int8", "uint16", "int16")
 WEIGHT_TYPES = ("int8", "uint8")
 CALIBRATION_METHODS = ("percentile", "minmax", "entropy")
 BIAS_MODES = ("int32", "float")
+FALLBACK_MODES = ("auto", "none")
 
 #: Opsets: QuantizeLinear exists from 10, `axis` (per-channel) from 13, 16-bit types from 21.
 OPSET_QDQ, OPSET_PER_CHANNEL, OPSET_16BIT = 10, 13, 21
@@ -91,9 +92,20 @@ class QuantizeQdqPass(Pass):
         range_ratio: float = 100.0
         max_samples: int | None = 64
         upgrade_opset: bool = True
+        fallback: str = "auto"
+        target_sqnr: float = 20.0
+        max_float: int = 16
+        fallback_samples: int = 8
+        fallback_trials: int = 24
+        max_float_macs: float = 0.05
 
         def __post_init__(self) -> None:
+            if not 0.0 <= self.max_float_macs <= 1.0:
+                raise ValueError(f"max-float-macs is a fraction in [0, 1], got {self.max_float_macs}")
+            if self.max_float < 0 or self.fallback_samples < 1 or self.fallback_trials < 0:
+                raise ValueError("max-float and fallback-trials must be at least 0, fallback-samples at least 1")
             for key, value, allowed in (
+                ("fallback", self.fallback, FALLBACK_MODES),
                 ("activations", self.activations, ACTIVATION_TYPES),
                 ("weights", self.weights, WEIGHT_TYPES),
                 ("calibration", self.calibration, CALIBRATION_METHODS),
@@ -148,15 +160,32 @@ class QuantizeQdqPass(Pass):
         ranges = calibrate(model, ctx, names, method=opts.calibration, percentile=opts.percentile,
                            limit=opts.max_samples, cache_dir=ctx.config.get("calibration_cache_dir"))
         float_bias = opts.bias == "float" or bool(caps is not None and caps.float_bias)
-        plan = pl.place(model, cands, ranges, excluded, range_ratio=opts.range_ratio,
-                        per_channel=per_channel, quantize_bias=not float_bias)
         symmetric_acts = opts.symmetric_activations or bool(caps is not None and caps.symmetric_activations_only)
-        built = _Builder(model, plan, opts, symmetric_acts, domain).build()
+
+        def place(target: ir.Model, keep_float: dict[ir.Node, str] | None = None) -> pl.Plan:
+            return pl.place(target, pl.candidates(target, qdq_ops), ranges, excluded, range_ratio=opts.range_ratio,
+                            per_channel=per_channel, quantize_bias=not float_bias, keep_float=keep_float)
+
+        def quantize_clone(clone: ir.Model, keep_float: dict[ir.Node, str]) -> None:
+            Builder(clone, place(clone, keep_float), opts, symmetric_acts, domain).build().apply()
+
+        plan = place(model)
+        if opts.fallback == "auto" and plan.tensors:
+            found = fb.choose_float_nodes(
+                model, ctx, plan, self._histograms(model, ctx, plan, ranges), quantize_clone,
+                act_type=qm.quant_type(opts.activations), symmetric=symmetric_acts, target_db=opts.target_sqnr,
+                max_float=opts.max_float, samples=opts.fallback_samples, max_trials=opts.fallback_trials,
+                max_float_macs=opts.max_float_macs)
+            stats["fallback"] = found.stats
+            if found.float_nodes:
+                plan = place(model, found.float_nodes)
+        built = Builder(model, plan, opts, symmetric_acts, domain).build()
         built.apply()
 
         stats.update(
             ops_quantized=pl.count_by_type(plan.nodes),
             scale_shared_ops=pl.count_by_type(plan.shared_nodes),
+            tables_quantized=len(plan.table_gathers),
             activations_folded=pl.count_by_type(plan.folded),
             kept_float=dict(Counter(plan.kept_float.values())),
             kept_float_nodes=dict(list(plan.kept_float.items())[:50]),
@@ -165,6 +194,7 @@ class QuantizeQdqPass(Pass):
             activation_scales=len(plan.tensors),
             scales=built.scales,
             weights_quantized=len(built.weights),
+            constant_operands_quantized=len(built.constants),
             tied_weights=sum(len(w.users) > 1 for w in plan.weights.values()),
             biases_quantized=built.biases,
             biases_kept_float=built.biases_float,
@@ -175,13 +205,24 @@ class QuantizeQdqPass(Pass):
             weight_bytes_after=weight_bytes(model),
         )
         stats["size_ratio"] = round(stats["weight_bytes_after"] / max(bytes_before, 1), 4)
-        modified = bool(plan.nodes or plan.shared_nodes or stats.get("opset"))
+        modified = bool(plan.nodes or plan.shared_nodes or plan.table_gathers or stats.get("opset"))
         logger.info("quantize-qdq: %d op(s) quantized %s, %d kept float, weights %d -> %d bytes",
                     len(plan.nodes), stats["ops_quantized"], len(plan.kept_float),
                     bytes_before, stats["weight_bytes_after"])
         return PassResult(model, modified, stats)
 
     # ------------------------------------------------------------------------------------------
+    def _histograms(self, model: ir.Model, ctx: PassContext, plan: pl.Plan, ranges: dict[str, Any]) -> dict[str, Any]:
+        """Signed value histograms of the plan's activation tensors (the fallback ranks by them).
+
+        Percentile calibration already has them; otherwise one percentile-100 pass measures them."""
+        opts = self.options
+        if opts.calibration == "percentile":
+            return ranges
+        names = [v.name for v in plan.tensors if v.name in ranges]
+        return calibrate(model, ctx, names, method="percentile", percentile=100.0, limit=opts.max_samples,
+                         cache_dir=ctx.config.get("calibration_cache_dir"))
+
     def _prepare_opset(self, model: ir.Model, ctx: PassContext, stats: dict[str, Any]) -> tuple[bool, str] | None:
         """(per_channel, Q/DQ domain) the model's opset allows, upgrading it where asked and safe.
 
@@ -258,207 +299,3 @@ def _quantized_nodes(model: ir.Model) -> int:
             ):
                 count += 1
     return count
-
-
-# ----------------------------------------------------------------------------------------------
-# Building: every number first, then the edits
-# ----------------------------------------------------------------------------------------------
-@dataclasses.dataclass
-class _Act:
-    value: ir.Value
-    scale: np.ndarray
-    zero_point: np.ndarray
-    source: ir.Value  # whose scale / zero-point initializers to use
-
-
-@dataclasses.dataclass
-class _Weight:
-    use: pl.WeightUse
-    q: np.ndarray
-    scale: np.ndarray
-    zero_point: np.ndarray
-
-
-@dataclasses.dataclass
-class _Bias:
-    node: ir.Node
-    index: int
-    q: np.ndarray
-    scale: np.ndarray
-    axis: int | None
-
-
-class _Builder:
-    """Computes every scale and integer tensor of a plan, then applies them in one go."""
-
-    def __init__(self, model: ir.Model, plan: pl.Plan, opts: Any, symmetric_acts: bool, domain: str) -> None:
-        self.model, self.plan, self.opts = model, plan, opts
-        self.symmetric_acts, self.domain = symmetric_acts, domain
-        self.act_type = qm.quant_type(opts.activations)
-        self.weight_type = qm.quant_type(opts.weights)
-        self.acts: list[_Act] = []
-        self.weights: list[_Weight] = []
-        self.bias_list: list[_Bias] = []
-        self.biases_float = 0
-        self.names = u.NameScope(model)
-
-    @property
-    def scales(self) -> int:
-        own = sum(a.source is a.value for a in self.acts)
-        return own + len(self.weights) + len(self.bias_list)
-
-    @property
-    def biases(self) -> int:
-        return len(self.bias_list)
-
-    # -- numbers ---------------------------------------------------------------------------
-    def build(self) -> "_Builder":
-        own: dict[ir.Value, tuple[np.ndarray, np.ndarray]] = {}
-        for value, (lo, hi) in self.plan.tensors.items():
-            own[value] = qm.compute_scale_zero_point(lo, hi, self.act_type, self.symmetric_acts)
-            self.acts.append(_Act(value, *own[value], value))
-        for value, root in self.plan.shared.items():
-            self.acts.append(_Act(value, *own[root], root))
-        weight_scales: dict[ir.Value, np.ndarray] = {}
-        for use in self.plan.weights.values():
-            w = u.const_array(use.value).astype(np.float32)
-            if use.axis is not None:
-                scale, zp = qm.per_channel_scales(w, use.axis, self.weight_type, self.opts.symmetric_weights)
-            else:
-                scale, zp = qm.compute_scale_zero_point(float(w.min(initial=0.0)), float(w.max(initial=0.0)),
-                                                        self.weight_type, self.opts.symmetric_weights)
-            q = qm.quantize_array(w, scale, zp, self.weight_type, use.axis)
-            self.weights.append(_Weight(use, q, scale, zp))
-            weight_scales[use.value] = scale
-        for node, index, weight, act in self.plan.biases:
-            bias = self._bias(node, index, weight_scales[weight], own[self.plan.scale_source(act)][0])
-            if bias is None:
-                self.biases_float += 1
-            else:
-                self.bias_list.append(bias)
-        return self
-
-    def _bias(self, node: ir.Node, index: int, w_scale: np.ndarray, x_scale: np.ndarray) -> _Bias | None:
-        b = u.const_array(node.inputs[index]).astype(np.float32)
-        scale = (np.float32(x_scale) * w_scale.astype(np.float32)).astype(np.float32)
-        axis = None
-        if scale.ndim == 1:
-            if b.ndim != 1 or b.shape[0] != scale.shape[0]:
-                logger.debug("%s: bias shape %s does not match %d channels; kept float", node.name, b.shape, scale.size)
-                return None
-            axis = 0
-        q = np.rint(b / (scale if axis is not None else scale.reshape(())))
-        if np.any(np.abs(q) > qm.quant_type("int32").qmax):
-            logger.debug("%s: bias overflows int32 at scale s_x*s_w; kept float", node.name)
-            return None
-        return _Bias(node, index, q.astype(np.int32), scale, axis)
-
-    # -- edits -----------------------------------------------------------------------------
-    def apply(self) -> None:
-        initializers: dict[ir.Value, tuple[ir.Value, ir.Value]] = {}
-        for act in self.acts:  # roots come before the tensors sharing their scale
-            if act.source is act.value:
-                graph = _owner(act.value)
-                initializers[act.value] = (
-                    u.new_initializer(graph, self.names, f"{act.value.name}_scale", act.scale),
-                    u.new_initializer(graph, self.names, f"{act.value.name}_zero_point", act.zero_point),
-                )
-            scale, zp = initializers[act.source]
-            self._insert_qdq(act.value, scale, zp)
-        for weight in self.weights:
-            self._replace_weight(weight)
-        for bias in self.bias_list:
-            self._replace_bias(bias)
-
-    def _qdq_node(self, op: str, inputs: list[ir.Value], axis: int | None, name: str) -> ir.Node:
-        attributes = {"axis": axis} if axis is not None else None
-        return ir.node(op, inputs, attributes, domain=self.domain, name=self.names.fresh(name))
-
-    def _insert_qdq(self, value: ir.Value, scale: ir.Value, zp: ir.Value) -> None:
-        graph = _owner(value)
-        uses = list(value.uses())
-        base = value.name
-        q = self._qdq_node("QuantizeLinear", [value, scale, zp], None, f"{base}_QuantizeLinear")
-        q.outputs[0].name = self.names.fresh(f"{base}_quantized")
-        q.outputs[0].type = ir.TensorType(self.act_type.ir)
-        q.outputs[0].shape = value.shape
-        dq = self._qdq_node("DequantizeLinear", [q.outputs[0], scale, zp], None, f"{base}_DequantizeLinear")
-        out = dq.outputs[0]
-        out.type, out.shape = value.type, value.shape
-        producer = value.producer()
-        if producer is not None:
-            graph.insert_after(producer, [q, dq])
-        elif len(graph):
-            graph.insert_before(graph.node(0), [q, dq])
-        else:
-            graph.extend([q, dq])
-        for use in uses:
-            use.node.replace_input_with(use.idx, out)
-        if value.is_graph_output() and not value.is_graph_input():
-            # The graph output keeps its name: it moves to the DQ output, the float tensor is renamed.
-            outputs = graph.outputs
-            for i, v in enumerate(outputs):
-                if v is value:
-                    outputs[i] = out
-            value.name = self.names.fresh(f"{base}_float")
-            out.name = base
-        else:
-            out.name = self.names.fresh(f"{base}_dequantized")
-
-    def _replace_weight(self, weight: _Weight) -> None:
-        value = weight.use.value
-        graph = _owner(value)
-        base = value.name or "weight"
-        q = u.new_initializer(graph, self.names, f"{base}_quantized", weight.q)
-        scale = u.new_initializer(graph, self.names, f"{base}_scale", weight.scale)
-        zp = u.new_initializer(graph, self.names, f"{base}_zero_point", weight.zero_point)
-        dq = ir.node("DequantizeLinear", [q, scale, zp], {"axis": weight.use.axis} if weight.use.axis is not None else None,
-                     name=self.names.fresh(f"{base}_DequantizeLinear"))
-        out = dq.outputs[0]
-        out.name = self.names.fresh(f"{base}_dequantized")
-        out.type, out.shape = ir.TensorType(ir.DataType.FLOAT), ir.Shape(weight.q.shape)
-        _prepend(graph, dq)
-        for use in list(value.uses()):  # every reader, quantized or not: one consistent weight
-            use.node.replace_input_with(use.idx, out)
-        _drop_constant(value)
-
-    def _replace_bias(self, bias: _Bias) -> None:
-        value = bias.node.inputs[bias.index]
-        graph = bias.node.graph
-        base = value.name or "bias"
-        q = u.new_initializer(graph, self.names, f"{base}_quantized", bias.q)
-        scale = u.new_initializer(graph, self.names, f"{base}_scale", bias.scale)
-        zp = u.new_initializer(graph, self.names, f"{base}_zero_point", np.zeros(bias.scale.shape, np.int32))
-        dq = ir.node("DequantizeLinear", [q, scale, zp], {"axis": bias.axis} if bias.axis is not None else None,
-                     name=self.names.fresh(f"{base}_DequantizeLinear"))
-        out = dq.outputs[0]
-        out.name = self.names.fresh(f"{base}_dequantized")
-        out.type, out.shape = ir.TensorType(ir.DataType.FLOAT), ir.Shape(bias.q.shape)
-        graph.insert_before(bias.node, dq)
-        bias.node.replace_input_with(bias.index, out)
-        _drop_constant(value)
-
-
-def _owner(value: ir.Value) -> ir.Graph:
-    producer = value.producer()
-    graph = producer.graph if producer is not None else value.graph
-    assert graph is not None, f"value {value.name} belongs to no graph"
-    return graph  # type: ignore[return-value]
-
-
-def _prepend(graph: ir.Graph, node: ir.Node) -> None:
-    if len(graph):
-        graph.insert_before(graph.node(0), node)
-    else:
-        graph.append(node)
-
-
-def _drop_constant(value: ir.Value) -> None:
-    """Remove a float weight nobody reads any more (an initializer or a Constant node)."""
-    if value.uses() or value.is_graph_output() or value.is_graph_input():
-        return
-    producer = value.producer()
-    if producer is not None:
-        producer.graph.remove(producer, safe=True)
-    elif value.is_initializer() and value.graph is not None:
-        value.graph.initializers.pop(value.name, None)

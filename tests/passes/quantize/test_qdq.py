@@ -37,7 +37,11 @@ def make(body: str, signature: str, inits: dict[str, np.ndarray], opset: int = 1
 
 
 def quantize(model: ir.Model, feeds: list[dict] | None = None, n: int = 8, **options):
-    """Run quantize-qdq on `model` in place under the CPU backend's context; (result, ctx, feeds)."""
+    """Run quantize-qdq on `model` in place under the CPU backend's context; (result, ctx, feeds).
+
+    Placement tests pin the rules' own result: the sensitivity fallback (test_fallback.py) is off
+    unless a test asks for it."""
+    options.setdefault("fallback", "none")
     feeds = random_feeds(model, n) if feeds is None else feeds
     backend = get_backend("cpu")
     ctx = PassContext(capabilities=backend.capabilities, runner=backend.runner(), data=feeds)
@@ -222,14 +226,15 @@ def test_concat_quantized_and_mixed_ranges_kept_float():
     inits = {"w1": rand(2, 3, 1, 1), "w2": rand(2, 3, 1, 1)}
     model = make(body, "(float[1,3,4,4] x) => (float y)", inits | {"k": np.array([1.0], np.float32)})
     result, _, _ = quantize(model)
-    assert result.stats["ops_quantized"] == {"Concat": 1, "Conv": 2}
+    assert result.stats["ops_quantized"] == {"Concat": 1, "Conv": 2, "Mul": 1}
     # Box coordinates (x300) joined with scores: one scale would erase the scores.
     model = make(body, "(float[1,3,4,4] x) => (float y)", inits | {"k": np.array([300.0], np.float32)})
     before = model.clone()
     result, _, feeds = quantize(model)
     concat = nodes(model, "Concat")[0]
     assert producer_op(model, model.graph.outputs[0]) == "Concat"  # no shared output scale
-    assert producer_op(model, concat.inputs[1]) == "Mul"  # the x300 branch is never squeezed into 8 bits
+    # The x300 branch keeps its own scale (the Mul's), never squeezed into the scores' 8 bits.
+    assert scale_of(concat.inputs[1]) > 50 * scale_of(concat.inputs[0])
     assert "range-ratio" in result.stats["kept_float_nodes"][concat.name or "<Concat>"]
     assert "y" in result.stats["tensors_kept_float"]
     ref, got = run_both(before, model, feeds)
@@ -237,24 +242,45 @@ def test_concat_quantized_and_mixed_ranges_kept_float():
     assert np.abs(scores_got - scores_ref).max() <= 0.05 * np.abs(scores_ref).max()
 
 
-def test_matmul_bias_add_quantizes_matmul_output_and_keeps_add_float():
-    w = rand(16, 8)
-    model = make("h = MatMul(x, w)\n y = Add(h, b)", "(float[2,5,16] x) => (float y)", {"w": w, "b": rand(8)})
+def test_matmul_bias_add_quantizes_constant_operand_in_activation_type():
+    w, b = rand(16, 8), rand(8)
+    model = make("h = MatMul(x, w)\n y = Add(h, b)", "(float[2,5,16] x) => (float y)", {"w": w, "b": b})
     before = model.clone()
     result, _, feeds = quantize(model, calibration="minmax")
     mm, add = nodes(model, "MatMul")[0], nodes(model, "Add")[0]
-    assert result.stats["ops_quantized"] == {"MatMul": 1}
-    assert result.stats["kept_float_nodes"] == {add.name or "<Add>": "constant operand"}
+    assert result.stats["ops_quantized"] == {"Add": 1, "MatMul": 1}
+    assert result.stats["constant_operands_quantized"] == 1 and not result.stats["kept_float"]
     assert [u.node.op_type for u in mm.outputs[0].uses()] == ["QuantizeLinear"]  # stops ORT's MatMul+Add->Gemm
-    assert producer_op(model, add.inputs[0]) == "DequantizeLinear" and add.inputs[1].name == "b"
+    # The bias: a uint8 initializer with its own per-tensor asymmetric scale, read through one DQ.
+    b_dq = add.inputs[1].producer()
+    assert b_dq.op_type == "DequantizeLinear" and "axis" not in b_dq.attributes
+    q_b, s_b, z_b = const(b_dq.inputs[0]), float(const(b_dq.inputs[1])), const(b_dq.inputs[2])
+    assert q_b.dtype == np.uint8 and z_b.dtype == np.uint8 and q_b.shape == (8,)
+    assert s_b == pytest.approx((max(b.max(), 0) - min(b.min(), 0)) / 255, rel=1e-6)
+    assert np.abs(qm.dequantize_array(q_b, s_b, z_b) - b).max() <= s_b / 2 * 1.0001
+    assert "b" not in model.graph.initializers  # the float bias is gone
     w_dq = mm.inputs[1].producer()
     assert w_dq.attributes["axis"].as_int() == 1 and const(w_dq.inputs[1]).shape == (8,)
     ref, got = run_both(before, model, feeds)
-    s_x, s_w, s_h = scale_of(mm.inputs[0]), const(w_dq.inputs[1]), scale_of(add.inputs[0])
+    s_x, s_w, s_h, s_y = scale_of(mm.inputs[0]), const(w_dq.inputs[1]), scale_of(add.inputs[0]), scale_of(model.graph.outputs[0])
     x_max = max(np.abs(f["x"]).max() for f in feeds)
-    # |dy| <= |dx|·Σ|w| + |x|·Σ|dw| + output rounding, per column.
-    bound = s_x / 2 * np.abs(w).sum(axis=0) + x_max * 16 * s_w / 2 + s_h / 2
+    # |dy| <= |dx|·Σ|w| + |x|·Σ|dw| + h's rounding + b's rounding + y's rounding, per column.
+    bound = s_x / 2 * np.abs(w).sum(axis=0) + x_max * 16 * s_w / 2 + s_h / 2 + s_b / 2 + s_y / 2
     assert np.all(np.abs(got - ref) <= bound * 1.01)
+
+
+def test_constant_operand_with_sentinels_or_shared_with_a_weight_stays_float():
+    mask = np.where(rand(1, 6) > 0, 0.0, -3.4e38).astype(np.float32)
+    # Mul(h, w): w is the MatMul's weight too.
+    model = make("h = MatMul(x, w)\n y = Add(h, mask)\n z = Mul(h, w)", "(float[6,6] x) => (float y, float z)",
+                 {"w": rand(6, 6), "mask": mask})
+    result, _, _ = quantize(model, calibration="minmax")
+    add, mul = nodes(model, "Add")[0], nodes(model, "Mul")[0]
+    assert result.stats["kept_float_nodes"][add.name or "<Add>"] == "constant operand with sentinel values (mask)"
+    assert result.stats["kept_float_nodes"][mul.name or "<Mul>"] == "constant operand shared with a weight"
+    assert add.inputs[1].name == "mask" and result.stats["constant_operands_quantized"] == 0
+    # The shared weight has one (int8, per-channel) form, read by the MatMul and the float Mul alike.
+    assert mul.inputs[1] is nodes(model, "MatMul")[0].inputs[1]
 
 
 def _attention(mask: bool) -> ir.Model:

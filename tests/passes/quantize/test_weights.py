@@ -47,16 +47,25 @@ def ops(model: ir.Model) -> list[str]:
     return [node.op_type for node in model.graph]
 
 
+def rtn_bound(w: np.ndarray, quant: bw.BlockQuant) -> np.ndarray:
+    """RTN's error bound per weight: half a step, except where a symmetric (signed-scale) block's
+    opposite end saturates at the largest code: |w| - qmax·|scale| there, at most one step."""
+    step = np.abs(quant.expand(quant.scale))
+    if not quant.symmetric:
+        return step / 2
+    _, qmax = bw.code_range(quant.bits, True)
+    return np.maximum(step / 2, np.abs(w) - qmax * step)
+
+
 def step_bound(w: np.ndarray, bits: int, symmetric: bool, block: int) -> np.ndarray:
-    """Half a quantization step per weight, as RTN chooses the steps."""
-    quant = bw.quantize_rtn(w, bits, block, symmetric)
-    return quant.expand(quant.scale) / 2
+    """The RTN error bound per weight, as RTN chooses the steps."""
+    return rtn_bound(w, bw.quantize_rtn(w, bits, block, symmetric))
 
 
 # -- block math -----------------------------------------------------------------------------------
 @pytest.mark.parametrize("bits", [4, 8])
 @pytest.mark.parametrize("symmetric", [True, False])
-def test_block_round_trip_within_half_a_step(bits: int, symmetric: bool) -> None:
+def test_block_round_trip_within_the_rtn_bound(bits: int, symmetric: bool) -> None:
     w = np.random.default_rng(0).standard_normal((K, N)) * np.linspace(0.1, 3, N)
     w[40:48, 3] = 0.0  # an all-zero (partial) block
     quant = bw.quantize_rtn(w, bits, 16, symmetric)
@@ -64,12 +73,22 @@ def test_block_round_trip_within_half_a_step(bits: int, symmetric: bool) -> None
     assert quant.scale.shape == (5, N) and quant.codes.min() >= qmin and quant.codes.max() <= qmax
     assert (quant.zero_point is None) == symmetric
     error = np.abs(quant.dequantize() - w)
-    assert np.all(error <= quant.expand(quant.scale) / 2 * (1 + 1e-9))
-    if symmetric:  # the negative end uses the extra code: the tightest symmetric scale
-        blocks = np.vstack([w, np.zeros((8, N))]).reshape(5, 16, N)
-        lo, hi = blocks.min(axis=1), blocks.max(axis=1)
-        expected = np.maximum(np.maximum(-lo / -qmin, hi / qmax), 0)
-        np.testing.assert_allclose(quant.scale, np.where(expected > 0, expected, 1.0))
+    step = np.abs(quant.expand(quant.scale))
+    assert np.all(error <= rtn_bound(w, quant) * (1 + 1e-9)) and np.all(error <= step * (1 + 1e-9))
+    if not symmetric:
+        assert np.all(error <= step / 2 * (1 + 1e-9))
+        return
+    # The block's largest magnitude m lands exactly on the extra code: scale = m / qmin, signed.
+    blocks = np.vstack([w, np.zeros((8, N))]).reshape(5, 16, N)
+    lo, hi = blocks.min(axis=1), blocks.max(axis=1)
+    m = np.where(-lo >= hi, lo, hi)
+    np.testing.assert_allclose(quant.scale, np.where(m != 0, m / qmin, 1.0))
+    codes = quant.codes.reshape(-1, N)[:K]
+    at_extreme = np.abs(w) == np.repeat(np.abs(m), 16, axis=0)[:K]
+    assert np.all(codes[at_extreme & (w != 0)] == qmin) and np.all(error[at_extreme] <= 1e-12)
+    # Positive-m blocks get a finer step than the positive-scale form max(-lo / -qmin, hi / qmax).
+    positive = (hi > -lo) & (hi > 0)
+    assert positive.any() and np.all(np.abs(quant.scale[positive]) < (hi / qmax)[positive])
 
 
 def test_matmulnbits_packing_low_nibble_first() -> None:
