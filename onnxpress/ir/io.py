@@ -245,7 +245,9 @@ def save(
         with _prepared_tensors(model, folder, data_name, use_external, threshold_bytes, temporaries) as wrote:
             tmp_data = wrote
             try:
-                payload = ir.serde.serialize_model(model).SerializeToString()
+                proto = ir.serde.serialize_model(model)
+                _drop_redundant_value_info(proto.graph)
+                payload = proto.SerializeToString()
             except ValueError as e:  # protobuf refuses messages over 2 GiB
                 raise InputError(f"{base}: the model does not fit in one protobuf: {_first_line(e)}") from e
         tmp_model = _temporary(folder, base, temporaries)
@@ -262,6 +264,16 @@ def save(
             with contextlib.suppress(FileNotFoundError):
                 os.remove(tmp)
     logger.info("saved %s (%s)", path, f"weights in {data_name}" if tmp_data is not None else "one file")
+
+
+def _drop_redundant_value_info(graph: Any) -> None:
+    """Remove `value_info` entries of initializers and graph inputs/outputs (their types are
+    stated there already): bytes on disk, nothing else (quantized models carry one per weight)."""
+    stated = {t.name for t in graph.initializer} | {v.name for v in graph.input} | {v.name for v in graph.output}
+    kept = [v for v in graph.value_info if v.name not in stated]
+    if len(kept) != len(graph.value_info):
+        del graph.value_info[:]
+        graph.value_info.extend(kept)
 
 
 def _same_file(a: str, b: str) -> bool:

@@ -92,6 +92,19 @@ def test_save_round_trip_on_ort(model, tmp_path):
     assert io.file_size(path) == os.path.getsize(path)
 
 
+def test_save_writes_no_value_info_for_initializers_or_io(model, tmp_path):
+    from onnxpress.ir.shapes import infer_shapes
+
+    infer_shapes(model)  # types on every value, as after any pass
+    path = tmp_path / "m.onnx"
+    io.save(model, path)
+    proto = onnx.load(path)
+    names = [v.name for v in proto.graph.value_info]
+    assert "t" in names  # intermediate shapes are kept
+    assert not {"w", "b", "x", "y"} & set(names)
+    assert_same_outputs(model, io.load(path), random_feeds(model))
+
+
 def test_save_with_external_data_when_asked(model, tmp_path):
     path = tmp_path / "m.onnx"
     io.save(model, path, external_data=True, threshold_bytes=0)
