@@ -1,6 +1,6 @@
 """Low-rank and tensor-network decomposition passes: SVD, Tucker-2, CP, tensor-train (MPO).
 
-The factorisations themselves live in `math` (numpy / tensorly, no ONNX); the passes find the
+The factorisations themselves live in `math` (numpy, no ONNX); the passes find the
 layers, pick ranks, apply the cost gate, and emit standard ONNX ops.
 """
 

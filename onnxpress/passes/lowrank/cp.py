@@ -23,12 +23,14 @@ from onnxpress.passes.lowrank._base import DEFAULT_KEEP, LayerwisePass, check_co
 from onnxpress.passes.lowrank._emit import Replacement
 from onnxpress.passes.lowrank._layers import ConvLayer, conv_attributes, conv_dims, conv_sizes, convs
 from onnxpress.passes.lowrank._records import LayerRecord, check_fraction, gate, relative_error
-from onnxpress.passes.lowrank.tucker import SEED
 from onnxpress.passes.registry import register_pass
 
 __all__ = ["LowRankCpPass"]
 
 logger = logging.getLogger(__name__)
+
+#: Seed of the first start's random columns (restart k uses SEED + k).
+SEED = 0
 
 
 @register_pass
@@ -36,10 +38,12 @@ class LowRankCpPass(LayerwisePass):
     """CP decomposition of group=1 2-D Conv kernels larger than 1×1 into four cheap convs.
 
     Rank R: `rank` as given, or the rank keeping `rank-ratio` of the kernel's parameters (0.5 when
-    neither is given), rounded to a multiple of `align` where possible. The ALS fit starts from one
-    seeded random point and runs at most `max-iters` sweeps (30 sweeps leave about one exact
-    rank-3 kernel in six unrecovered, 100 most of them); `restarts=N` fits from N seeds and keeps
-    the closest (N times the time: a 64×64×3×3 kernel at R=64 takes seconds per fit). Skips what
+    neither is given), rounded to a multiple of `align` where possible. The ALS fit starts from the
+    leading singular vectors of the kernel's unfoldings, padded with seeded random columns where R
+    exceeds a mode's size, and runs at most `max-iters` sweeps (from seed 0, 100 sweeps left one
+    of 30 random exact rank-3 8×6×3×3 kernels unrecovered); `restarts=N` fits from N seeds and
+    keeps the closest (N times the time, about a second per fit for a 512×512×3×3 kernel at R=64;
+    a rank no larger than every mode has no random columns, so restarts are skipped). Skips what
     `lowrank-tucker` skips (grouped convs, 1×1, dynamic or shared kernels, subgraphs); the gate
     refuses what does not remove `min-gain` of params and MACs.
     """
@@ -89,7 +93,8 @@ class LowRankCpPass(LayerwisePass):
         if refused is not None:
             return refused
         factors, error = None, np.inf
-        for seed in range(SEED, SEED + self.options.restarts):  # ALS can stall in a swamp: keep the best start
+        restarts = self.options.restarts if rank > min(w.shape) else 1  # otherwise every start is the same
+        for seed in range(SEED, SEED + restarts):  # ALS can stall in a swamp: keep the best start
             trial = lrm.cp_conv(w, rank, seed, n_iter_max=self.options.max_iters)
             trial_error = relative_error(w, lrm.cp_reconstruct(*trial))
             if trial_error < error:

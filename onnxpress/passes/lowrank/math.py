@@ -5,7 +5,7 @@ this folder (which emit the factors as ONNX ops) and the benchmarks share one te
 weight conventions are the ONNX ones: a MatMul weight is `W [K, N]` (`y = x @ W`), a Conv weight
 is `W [Cout, Cin, kh, kw]` (group = 1). Work is done in float64 and every returned factor is cast
 back to the weight's dtype (float64 when the weight is not a float array). Decompositions are
-deterministic: tensorly runs on its numpy backend with fixed seeds.
+deterministic: no random start except the seeded columns of the CP initialisation.
 
 Rank policy, the same everywhere: a rank below 1 is a caller's bug and raises `ValueError`; a
 rank above what the weight can carry (`min(K, N)`, the channel count, ...) is clamped to it, and
@@ -24,8 +24,6 @@ from collections.abc import Sequence
 
 import numpy as np
 
-# tensorly (and the scipy it pulls in) costs ~0.4 s to import: it is imported where Tucker / CP
-# run, so `optimize -O2` and every pass that never decomposes a conv does not pay for it.
 
 __all__ = [
     "allocate_ranks",

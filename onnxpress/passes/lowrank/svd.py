@@ -1,7 +1,7 @@
 """LowRankSvdPass: a linear layer's weight replaced by two thin factors, y = (x·A)·B.
 
 `lowrank-svd{rank-ratio= energy= rank= data-aware=false min-gain=0.1 align=8 closed-loop=false
-allocation=uniform refit=false ridge=0.05 include= exclude=}` turns
+allocation=uniform|sensitivity|measured refit=false ridge=0.05 include= exclude=}` turns
 `MatMul(x, W)` into `MatMul(MatMul(x, A), B)` and `Gemm(x, B, C)` into `Gemm(Gemm(x, A), B', C)`
 (`MatMul` where the Gemm has no C and no transA), with W ≈ A·B of rank r. x may have any number
 of leading batch / sequence dims; a bias Add after a MatMul stays where it is, Gemm keeps its C and
@@ -36,6 +36,7 @@ from onnxpress.passes.lowrank._closed_loop import (
 from onnxpress.passes.lowrank._emit import Replacement, node_names
 from onnxpress.passes.lowrank._layers import LinearLayer, dims_of, linears, match_linear
 from onnxpress.passes.lowrank._records import LayerRecord, check_fraction, decompose_each, gate, relative_error, result
+from onnxpress.passes.lowrank._sensitivity import allocate_from_curves, measure_curves
 from onnxpress.passes.manager import PassContext
 from onnxpress.passes.pruning.prune_channels import parse_ignore
 from onnxpress.passes.pruning.reconstruct import _refit
@@ -67,6 +68,10 @@ class LowRankSvdPass(LayerwisePass):
     of the in-scope layers' parameters, 0.5 by default) shared greedily by smallest increase of
     relative output error (whitened tail energy, measured on the original model) per parameter
     saved; layers may stay dense. Without data the weight spectra are used.
+    `allocation=measured` shares the same budget by measured end-to-end sensitivity instead: each
+    layer truncated alone at a few ranks in a clone, the model's outputs compared on 16
+    calibration feeds (`_sensitivity`); it costs one model run per (layer, rank) pair and sees
+    what the spectra cannot (a layer whose errors the rest of the model amplifies).
     `refit=true` refits, by ridge least squares against the original outputs, the second factor
     and a bias correction of each decomposed layer that has a bias (closed loop), and every
     non-decomposed MatMul / Gemm that follows a decomposed one through element-wise ops only.
@@ -101,10 +106,10 @@ class LowRankSvdPass(LayerwisePass):
 
         def __post_init__(self) -> None:
             check_rank_options(rank_ratio=self.rank_ratio, energy=self.energy, rank=self.rank)
-            if self.allocation not in ("uniform", "sensitivity"):
-                raise ValueError("allocation must be uniform or sensitivity")
-            if self.allocation == "sensitivity" and (self.energy is not None or self.rank is not None):
-                raise ValueError("allocation=sensitivity shares a rank-ratio budget; energy and rank do not apply")
+            if self.allocation not in ("uniform", "sensitivity", "measured"):
+                raise ValueError("allocation must be uniform, sensitivity or measured")
+            if self.allocation != "uniform" and (self.energy is not None or self.rank is not None):
+                raise ValueError(f"allocation={self.allocation} shares a rank-ratio budget; energy and rank do not apply")
             if not self.ridge > 0.0:
                 raise ValueError("ridge must be positive")
             parse_ignore(tuple(self.include))
@@ -127,7 +132,7 @@ class LowRankSvdPass(LayerwisePass):
         skipped: Counter[str] = Counter()
         layers = self.candidates(model, skipped)
         ctx = PassContext.current()
-        wants_data = opts.data_aware or opts.closed_loop or opts.allocation == "sensitivity" or opts.refit
+        wants_data = opts.data_aware or opts.closed_loop or opts.allocation != "uniform" or opts.refit
         feeds = ctx.feeds(opts.max_samples) if wants_data else []
         if wants_data and (ctx.runner is None or not feeds):
             ctx.diagnose("lowrank-svd: data-aware / closed-loop / sensitivity / refit need a runner and data; "
@@ -138,11 +143,16 @@ class LowRankSvdPass(LayerwisePass):
         self._ranks: dict[int, int | None] = {}
         self._last: dict[int, ir.Node] = {}  # id(original node) -> last node of its replacement
         allocation: dict[str, int | None] = {}
-        if opts.allocation == "sensitivity" and layers:
+        if opts.allocation != "uniform" and layers:
             grams = input_grams(model, layers, runner, feeds) if feeds else {}
-            spectra = [lrm.whitened_singular_values(layer.w_eff, grams.get(id(layer.node))) for layer in layers]
             keep = opts.rank_ratio if opts.rank_ratio is not None else DEFAULT_KEEP
-            ranks = lrm.allocate_ranks([layer.shape for layer in layers], spectra, keep, opts.align, opts.min_gain)
+            shapes = [layer.shape for layer in layers]
+            if opts.allocation == "measured" and feeds:
+                curves = measure_curves(model, layers, grams, runner, feeds, opts.align, opts.min_gain)
+                ranks = allocate_from_curves(shapes, curves, keep)
+            else:
+                spectra = [lrm.whitened_singular_values(layer.w_eff, grams.get(id(layer.node))) for layer in layers]
+                ranks = lrm.allocate_ranks(shapes, spectra, keep, opts.align, opts.min_gain)
             for layer, rank in zip(layers, ranks):
                 self._ranks[id(layer.node)] = rank
                 allocation[layer.node.name or ""] = rank

@@ -1,7 +1,7 @@
 """LowRankTtPass: a MatMul weight as a tensor-train matrix (MPO), contracted by a MatMul chain.
 
-`lowrank-tt{max-rank=16 min-gain=0.1 in-factors= out-factors=}` factors W [K, N], K = i₁⋯i_d,
-N = j₁⋯j_d, as W[(i₁..i_d), (j₁..j_d)] = G₁[i₁, j₁] ⋯ G_d[i_d, j_d] with cores
+`lowrank-tt{max-rank=16 min-gain=0.1 in-factors= out-factors= include= exclude=}` factors W [K, N],
+K = i₁⋯i_d, N = j₁⋯j_d, as W[(i₁..i_d), (j₁..j_d)] = G₁[i₁, j₁] ⋯ G_d[i_d, j_d] with cores
 G_k [r_{k-1}, i_k, j_k, r_k] (r₀ = r_d = 1) and emits, for x [..., K]:
 
     Reshape [-1, i₁..i_d] → Transpose → Reshape [rows, i₁]
@@ -29,9 +29,11 @@ import onnx_ir as ir
 from onnxpress.passes.cleanup import _util as u
 from onnxpress.passes.lowrank import math as lrm
 from onnxpress.passes.lowrank._base import LayerwisePass, check_common
+from onnxpress.passes.lowrank._closed_loop import in_scope
 from onnxpress.passes.lowrank._emit import Replacement
 from onnxpress.passes.lowrank._layers import LinearLayer, dims_of, linears
 from onnxpress.passes.lowrank._records import LayerRecord, gate, relative_error
+from onnxpress.passes.pruning.prune_channels import parse_ignore
 from onnxpress.passes.registry import register_pass
 
 __all__ = ["LowRankTtPass"]
@@ -46,8 +48,9 @@ class LowRankTtPass(LayerwisePass):
     The dims are split into d ≥ 2 factors automatically (or as `in-factors` / `out-factors` say,
     when their products are K and N); TT ranks are capped at `max-rank`. Applies where the
     parameters drop by at least `min-gain`, whatever happens to the MACs (reported per layer and
-    in total). Skips Gemm, dynamic or shared weights, custom domains, subgraphs, and dims that do
-    not split into two or more factors.
+    in total). `include` / `exclude` (node names, `re:REGEX`, `op:TYPE`) restrict the layers, as
+    in `lowrank-svd`. Skips Gemm, dynamic or shared weights, custom domains, subgraphs, and dims
+    that do not split into two or more factors.
     """
 
     name = "lowrank-tt"
@@ -58,8 +61,12 @@ class LowRankTtPass(LayerwisePass):
         min_gain: float = 0.1
         in_factors: tuple[int, ...] = ()
         out_factors: tuple[int, ...] = ()
+        include: tuple[str, ...] = ()
+        exclude: tuple[str, ...] = ()
 
         def __post_init__(self) -> None:
+            parse_ignore(tuple(self.include))
+            parse_ignore(tuple(self.exclude))
             if self.max_rank < 1:
                 raise ValueError("max-rank must be at least 1")
             check_common(self.min_gain)
@@ -71,7 +78,8 @@ class LowRankTtPass(LayerwisePass):
 
     def candidates(self, model: ir.Model, skipped: Counter[str]) -> list[LinearLayer]:
         self._opset = u.default_opset(model)
-        return linears(model, ("MatMul",), self.name, skipped)
+        found = linears(model, ("MatMul",), self.name, skipped)
+        return in_scope(found, self.options.include, self.options.exclude, skipped)
 
     def _factors(self, k: int, n: int) -> tuple[tuple[int, ...] | None, tuple[int, ...] | None] | str:
         in_f, out_f = self.options.in_factors or None, self.options.out_factors or None

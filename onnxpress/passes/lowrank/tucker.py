@@ -1,7 +1,7 @@
 """LowRankTuckerPass: a k×k Conv as Conv 1×1 → Conv k×k → Conv 1×1 (Tucker-2 on the channel modes).
 
-`lowrank-tucker{rank-ratio= energy= ranks= min-gain=0.1 align=8}` factors a group=1 Conv kernel
-W [Cout, Cin, kh, kw] ≈ core ×₀ U_out ×₁ U_in and emits Conv 1×1 (Cin → r_in, no padding, at the
+`lowrank-tucker{rank-ratio= energy= ranks= min-gain=0.1 align=8 hooi-iters=5}` factors a group=1
+Conv kernel W [Cout, Cin, kh, kw] ≈ core ×₀ U_out ×₁ U_in and emits Conv 1×1 (Cin → r_in, no padding, at the
 input resolution), the core Conv (r_in → r_out, with the original strides / pads / dilations /
 auto_pad) and Conv 1×1 (r_out → Cout, with the original bias). A channel mode kept at full rank
 (r_in = Cin: a 3-channel image input, say) gets no 1×1 conv; its factor folds into the core
@@ -30,10 +30,6 @@ __all__ = ["LowRankTuckerPass"]
 
 logger = logging.getLogger(__name__)
 
-#: Seed of the (deterministic) iterative decompositions.
-SEED = 0
-
-
 @register_pass
 class LowRankTuckerPass(LayerwisePass):
     """Tucker-2 decomposition of group=1 2-D Conv kernels larger than 1×1.
@@ -43,7 +39,9 @@ class LowRankTuckerPass(LayerwisePass):
     kernel's parameters (0.5 when no option is given); chosen ranks are rounded to multiples of
     `align` where that stays below the channel count. Skips grouped and depthwise convs, 1×1 and
     1-D / 3-D convs, dynamic or shared kernels, custom domains and subgraphs; the gate refuses what
-    does not remove `min-gain` of params and MACs.
+    does not remove `min-gain` of params and MACs. The factors are the HOSVD refined by at most
+    `hooi-iters` HOOI sweeps (0: HOSVD only); deterministic, about a second per 512-channel 3×3
+    kernel.
     """
 
     name = "lowrank-tucker"
@@ -55,9 +53,12 @@ class LowRankTuckerPass(LayerwisePass):
         ranks: tuple[int, ...] = ()
         min_gain: float = 0.1
         align: int = 8
+        hooi_iters: int = 5
 
         def __post_init__(self) -> None:
             check_rank_options(rank_ratio=self.rank_ratio, energy=self.energy, ranks=self.ranks or None)
+            if self.hooi_iters < 0:
+                raise ValueError("hooi-iters must be non-negative")
             check_fraction("rank-ratio", self.rank_ratio)
             check_fraction("energy", self.energy, closed_high=True)
             if self.ranks and (len(self.ranks) != 2 or min(self.ranks) < 1):
@@ -97,7 +98,7 @@ class LowRankTuckerPass(LayerwisePass):
         refused = gate(params, macs, self.options.min_gain)
         if refused is not None:
             return refused
-        first, core, last = lrm.tucker2_conv(w, (r_out, r_in), SEED)
+        first, core, last = lrm.tucker2_conv(w, (r_out, r_in), n_iter_max=self.options.hooi_iters)
         error = relative_error(w, lrm.tucker2_reconstruct(first, core, last))
         if not keep_first:
             core = np.einsum("rshw,si->rihw", core, first[:, :, 0, 0])

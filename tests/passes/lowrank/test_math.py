@@ -60,7 +60,7 @@ def test_tucker2_recovers_a_tucker_kernel_and_the_chain_equals_the_conv():
     c_out, c_in, r_out, r_in = 12, 10, 4, 3
     core = rng.standard_normal((r_out, r_in, 3, 3))
     w = np.einsum("ob,bahw,ia->oihw", orthonormal(rng, c_out, r_out), core, orthonormal(rng, c_in, r_in))
-    first, g, last = lrm.tucker2_conv(w, (r_out, r_in), seed=0)
+    first, g, last = lrm.tucker2_conv(w, (r_out, r_in))
     assert first.shape == (r_in, c_in, 1, 1) and g.shape == (r_out, r_in, 3, 3) and last.shape == (c_out, r_out, 1, 1)
     assert rel(lrm.tucker2_reconstruct(first, g, last), w) <= 1e-4
     x = rng.standard_normal((c_in, 7, 6))
@@ -104,6 +104,45 @@ def test_decompositions_are_deterministic():
         np.testing.assert_array_equal(a, b)
     for a, b in zip(lrm.tucker2_conv(w, (3, 3)), lrm.tucker2_conv(w, (3, 3))):
         np.testing.assert_array_equal(a, b)
+
+
+def test_tucker2_hosvd_is_exact_for_one_mode_and_hooi_only_improves_it():
+    rng = np.random.default_rng(12)
+    w = rng.standard_normal((24, 10, 3, 3))
+    # Tucker-1 on the output mode (r_in = Cin) is a truncated SVD of the [Cout, Cin·kh·kw]
+    # unfolding: the error must be the singular-value tail, without any HOOI sweep.
+    s = lrm.singular_values(w.reshape(24, -1))
+    first, core, last = lrm.tucker2_conv(w, (7, 10), n_iter_max=0)
+    err = np.linalg.norm(lrm.tucker2_reconstruct(first, core, last) - w)
+    assert err == pytest.approx(lrm.svd_tail_error(s, 7), rel=1e-9)
+    # on both modes HOOI sweeps never lose against the HOSVD start, and here they gain
+    errors = [rel(lrm.tucker2_reconstruct(*lrm.tucker2_conv(w, (6, 5), n_iter_max=n)), w) for n in (0, 1, 10)]
+    assert errors[0] > errors[1] >= errors[2] - 1e-12
+    with pytest.raises(ValueError, match="non-negative"):
+        lrm.tucker2_conv(w, (6, 5), n_iter_max=-1)
+
+
+def test_cp_sweeps_lower_the_error():
+    rng = np.random.default_rng(13)
+    w = rng.standard_normal((12, 10, 3, 3))
+    errors = [rel(lrm.cp_reconstruct(*lrm.cp_conv(w, 16, seed=0, n_iter_max=n, tol=0.0)), w) for n in (1, 5, 40)]
+    assert errors[0] > errors[1] > errors[2]
+    # the columns of the three inner factors are unit vectors; the scale sits in pw_out
+    pw_in, vertical, horizontal, _ = lrm.cp_conv(w, 16, seed=0, n_iter_max=3)
+    for f in (pw_in[:, :, 0, 0], vertical[:, 0, :, 0], horizontal[:, 0, 0, :]):
+        np.testing.assert_allclose(np.linalg.norm(f, axis=1), 1.0, rtol=1e-6)
+
+
+@pytest.mark.slow
+def test_wide_conv_decompositions_take_seconds():
+    """The ResNet-18 widest 3×3 kernel (512×512): tensorly's HOOI took minutes, its CP-ALS 80 s."""
+    import time
+
+    w = np.random.default_rng(14).standard_normal((512, 512, 3, 3)).astype(np.float32)
+    start = time.perf_counter()
+    lrm.tucker2_conv(w, (128, 128), n_iter_max=5)
+    lrm.cp_conv(w, 64, n_iter_max=10)
+    assert time.perf_counter() - start < 30.0
 
 
 # -- error theory --------------------------------------------------------------------------------

@@ -27,6 +27,7 @@ from onnxpress.passes.lowrank import (
     LowRankTuckerPass,
     lowrank_fragment,
 )
+from onnxpress.passes.lowrank import math as lrm
 from onnxpress.passes.manager import PassContext
 from tests.passes.pruning._models import Builder
 from tests.util import run
@@ -257,6 +258,17 @@ def test_tucker_energy_and_same_padding():
     assert max_diff(original, model, feeds_for([1, 16, 9, 9])) <= 1e-4
 
 
+def test_tucker_hooi_iters_option():
+    w = rand(16, 12, 3, 3)  # full rank: the HOOI sweeps have something to improve
+    errors = []
+    for pipeline in ("lowrank-tucker{ranks=6,5 hooi-iters=0}", "lowrank-tucker{ranks=6,5}"):
+        _, result = apply(PassManager.from_pipeline(pipeline).passes[0], conv_model(w, [1, 12, 8, 8]))
+        errors.append(result.stats["layers"][0]["weight_error"])
+    assert errors[1] < errors[0]
+    with pytest.raises(PipelineError):
+        PassManager.from_pipeline("lowrank-tucker{hooi-iters=-1}")
+
+
 def test_tucker_at_full_input_rank_folds_the_first_factor():
     model = conv_model(tucker_kernel(16, 3, (4, 3)), [2, 3, 8, 8])
     original, result = apply(LowRankTuckerPass(ranks=(4, 3)), model)
@@ -284,8 +296,7 @@ def test_cp_recovers_a_structured_kernel():
     rank = 3
     w = np.einsum("or,ri,rh,rw->oihw", rand(16, rank), rand(rank, 12), rand(rank, 3), rand(rank, 5))
     model = conv_model(w, [2, 12, 10, 12], strides=[2, 1], pads=[1, 2, 0, 2], dilations=[1, 2])
-    # ALS from seed 0 stalls on this kernel (a swamp); the second start recovers it
-    original, result = apply(LowRankCpPass(rank=rank, restarts=2), model)
+    original, result = apply(LowRankCpPass(rank=rank), model)
     assert result.modified and ops(model) == ["Conv"] * 4
     _, vertical, horizontal, _ = model.graph
     assert vertical.attributes["group"].as_int() == rank
@@ -312,6 +323,19 @@ def tt_weight(in_f: tuple[int, ...], out_f: tuple[int, ...], ranks: tuple[int, .
     return t.reshape(math.prod(in_f), math.prod(out_f)) / 4
 
 
+def test_cp_restarts_keep_the_closest_fit():
+    w = rand(8, 6, 3, 3)  # rank 5 > 3 taps: the starts differ in their random columns
+    errors = []
+    for restarts in (1, 4):
+        model = conv_model(w, [1, 6, 7, 7])
+        _, result = apply(LowRankCpPass(rank=5, restarts=restarts, max_iters=20, min_gain=0.0), model)
+        errors.append(result.stats["layers"][0]["weight_error"])
+    singles = [float(np.linalg.norm(lrm.cp_reconstruct(*lrm.cp_conv(w, 5, seed=s, n_iter_max=20)) - w)
+                     / np.linalg.norm(w)) for s in range(4)]
+    assert errors[0] == pytest.approx(singles[0], rel=1e-5)
+    assert errors[1] == pytest.approx(min(singles), rel=1e-5) and len(set(np.round(singles, 6))) > 1
+
+
 @pytest.mark.parametrize("x_shape", [[2, 5, 24], ["batch", 5, 24]])
 def test_tt_recovers_a_structured_matrix(x_shape):
     w = tt_weight((2, 3, 4), (4, 2, 4), (3, 3))
@@ -333,6 +357,21 @@ def test_tt_reports_that_it_raises_macs():
     assert stats["macs_after"] > stats["macs_before"]  # parameters traded for MACs, and said so
     assert_cost_matches(original, model, stats)
     assert max_diff(original, model, feeds_for([4, 64])) <= 1e-4
+
+
+def test_tt_include_exclude_scope():
+    b = Builder()
+    x = b.input("x", [4, 64])
+    h = b.op("MatMul", [x, b.init("fc0.w", tt_weight((8, 8), (8, 8), (4,)))], name="fc0")
+    y = b.op("MatMul", [h, b.init("fc1.w", tt_weight((8, 8), (8, 8), (4,)))], name="fc1")
+    model = b.model([y])
+    original, result = apply(LowRankTtPass(max_rank=4, include=("re:fc",), exclude=("fc1",)), model)
+    assert [layer["node"] for layer in result.stats["layers"]] == ["fc0"]
+    assert result.stats["skip_reasons"] == {"out of scope (include / exclude)": 1}
+    assert ops(model).count("MatMul") == 3  # fc0's two cores, fc1 untouched
+    assert max_diff(original, model, feeds_for([4, 64])) <= 1e-4
+    with pytest.raises(PipelineError):
+        PassManager.from_pipeline("lowrank-tt{include=re:(}")
 
 
 # -- text -------------------------------------------------------------------------------------

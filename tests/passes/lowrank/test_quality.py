@@ -134,6 +134,46 @@ def test_sensitivity_without_data_reads_the_weight_spectra():
 
 
 # -- refit of the following layer and scopes ---------------------------------------------------------
+def test_measured_allocation_sees_what_the_output_does_with_a_layer():
+    """Two layers with the same spectrum; the second's output is scaled by 0.05 before it reaches
+    the model's output. The spectra cannot tell them apart; measured sensitivity can."""
+    rng = np.random.default_rng(4)
+    b = Builder()
+    x = b.input("x", [4, 16, 32])
+    w = spectrum_weight(rng, 32, 32, 0.15).astype(np.float32)
+    loud = b.op("MatMul", [x, b.init("loud_w", w)], name="loud")
+    quiet = b.op("MatMul", [x, b.init("quiet_w", w.copy())], name="quiet")
+    quiet = b.op("Mul", [quiet, b.init("scale", np.full([1], 0.05, np.float32))])
+    original = b.model([b.op("Add", [loud, quiet])])
+    cal, held_out = feeds(16, 0), feeds(4, 1)
+    spectral, r_spec = compressed(original, cal, rank_ratio=0.6, align=2, data_aware=True, allocation="sensitivity")
+    measured, r_meas = compressed(original, cal, rank_ratio=0.6, align=2, data_aware=True, allocation="measured")
+    ranks = r_meas.stats["allocation"]
+    assert ranks["loud"] is None or (ranks["quiet"] is not None and ranks["quiet"] < ranks["loud"])
+    spec = r_spec.stats["allocation"]
+    assert abs(spec["loud"] - spec["quiet"]) <= 2  # a tie for the spectra, up to one greedy step
+    err_measured, err_spectral = rel_error(original, measured, held_out), rel_error(original, spectral, held_out)
+    assert err_measured < 0.5 * err_spectral
+    with pytest.raises(PipelineError):
+        PassManager.from_pipeline("lowrank-svd{allocation=measured rank=4}")
+
+
+def test_allocate_from_curves_keeps_the_budget():
+    from onnxpress.passes.lowrank._sensitivity import allocate_from_curves, candidate_ranks
+
+    shapes = [(64, 64), (64, 64), (64, 32)]
+    curves = [{r: (64 - r) * 1e-3 for r in candidate_ranks(64, 64, 8, 0.1)},
+              {r: (64 - r) * 1e-1 for r in candidate_ranks(64, 64, 8, 0.1)},
+              {}]  # a layer that could not be measured stays dense
+    ranks = allocate_from_curves(shapes, curves, keep=0.8)
+    assert ranks[2] is None and ranks[0] is not None
+    assert ranks[1] is None or ranks[1] > ranks[0]  # the sensitive layer keeps more rank
+    cost = sum(k * n if r is None else r * (k + n) for (k, n), r in zip(shapes, ranks))
+    assert cost <= 0.8 * sum(k * n for k, n in shapes)
+    assert candidate_ranks(64, 64, 8, 0.1) == sorted(candidate_ranks(64, 64, 8, 0.1), reverse=True)
+    assert all(r % 8 == 0 and r * 128 <= 0.9 * 64 * 64 for r in candidate_ranks(64, 64, 8, 0.1))
+
+
 def test_refit_of_a_following_layer_outside_the_scope():
     original, cal, held_out = chain(layers=2, act="Relu"), feeds(24, 0), feeds(6, 1)
     plain, r0 = compressed(original, cal, rank=4, align=1, data_aware=True, include=("fc0",))
