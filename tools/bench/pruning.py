@@ -550,19 +550,29 @@ def targets(results: dict[str, Any]) -> list[str]:
     return out
 
 
-def render(results: dict[str, Any], args, started: str, total_s: float) -> str:
+def render(results: dict[str, Any], args, started: str, total_s: float, runs: list[dict[str, Any]] | None = None) -> str:
     vers = common.versions(["onnx", "onnx-ir", "onnxscript", "onnxruntime", "numpy", "torch", "torch-pruning",
                             "tokenizers", "pillow", "rapidocr-onnxruntime"])
+    command = ("HF_HUB_OFFLINE=1 python tools/bench/pruning.py --models bench_out/models --out docs/BENCHMARKS.md "
+               "--json bench_out/pruning.json" + (f" --repeat {args.repeat}" if args.repeat != 15 else ""))
+    if runs:  # merged from several runs (`--from-json`): say which run measured which models
+        head = [f"Measured on {common.machine_line()} (shared with other jobs) in {len(runs)} runs of "
+                "`tools/bench/pruning.py`, merged with `--from-json`; each model's rows come from one run:", ""]
+        for run in runs:
+            head.append(f"- {run['started']}, {run['seconds'] / 60:.1f} min, models "
+                        f"{', '.join(run['models'])}: `{run.get('argv') or command}`")
+        head += ["", "```", "python tools/fetch_models.py --out bench_out/models", command, "```", "",
+                 "(the second line, alone, measures every model in one run)."]
+        commit = ", ".join(sorted({r.get("commit", "?") for r in runs}))
+    else:
+        head = [f"Measured {started} on {common.machine_line()} (shared with other jobs), in one run "
+                f"({total_s / 60:.1f} min) of:", "", "```", "python tools/fetch_models.py --out bench_out/models",
+                command, "```"]
+        commit = common.git_commit()
     lines = [
-        f"Measured {started} on {common.machine_line()} (shared with other jobs), in one run ({total_s / 60:.1f} min) of:",
+        *head,
         "",
-        "```",
-        "python tools/fetch_models.py --out bench_out/models",
-        "HF_HUB_OFFLINE=1 python tools/bench/pruning.py --models bench_out/models --out docs/BENCHMARKS.md "
-        "--json bench_out/pruning.json" + (f" --repeat {args.repeat}" if args.repeat != 15 else ""),
-        "```",
-        "",
-        "Versions: " + ", ".join(f"{k} {v}" for k, v in vers.items()) + f". onnxpress at {common.git_commit()}.",
+        "Versions: " + ", ".join(f"{k} {v}" for k, v in vers.items()) + f". onnxpress at {commit}.",
         "",
         "How to read: every ratio is against the lossless `O2` model of the same network. *ours R* = "
         "`O2,prune-channels{ratio=R}` (L2 group importance, uniform); *+LS* = the same with "
@@ -627,8 +637,13 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--repeat", type=int, default=15, help="latency rounds (median)")
     ap.add_argument("--only", default=None, help="comma-separated model keys")
     ap.add_argument("--no-profile", action="store_true")
+    ap.add_argument("--from-json", default=None,
+                    help="comma-separated JSON files of earlier runs: merge their models (in model order, the first "
+                         "file holding a model wins) and rewrite the section without measuring anything")
     args = ap.parse_args(argv)
     args.ratios = tuple(float(r) for r in args.ratios.split(","))
+    if args.from_json:
+        return _merge(args)
     logging.basicConfig(level=logging.WARNING)
     work = Path(args.work)
     (work / "models").mkdir(parents=True, exist_ok=True)
@@ -648,11 +663,32 @@ def main(argv: list[str] | None = None) -> int:
     return 0
 
 
+_MODEL_ORDER = ("ppocrv4_det", "ppocrv4_rec", "minilm_l6_v2", "resnet18", "mobilenet_v2")
+
+
+def _merge(args) -> int:
+    runs, results = [], {}
+    for name in args.from_json.split(","):
+        data = json.loads(Path(name).read_text())
+        mine = [k for k in data["results"] if k not in results]
+        results.update({k: data["results"][k] for k in mine})
+        runs.append({"started": data["started"], "seconds": data["seconds"], "argv": data.get("argv"),
+                     "commit": data.get("commit", "?"), "models": [data["results"][k]["label"] for k in mine]})
+    results = {k: results[k] for k in sorted(results, key=lambda k: _MODEL_ORDER.index(k) if k in _MODEL_ORDER else 99)}
+    body = render(results, args, runs[0]["started"], sum(r["seconds"] for r in runs), runs=runs)
+    if args.out:
+        common.write_md_section(args.out, "pruning", "Structured pruning: prune-channels / prune-heads vs Torch-Pruning",
+                                body)
+    print(body)
+    return 0
+
+
 def _write(results: dict[str, Any], args, started: str, total: float, left: list[str]) -> str:
     if args.json:
         Path(args.json).parent.mkdir(parents=True, exist_ok=True)
-        Path(args.json).write_text(json.dumps({"started": started, "seconds": total, "results": results}, indent=1,
-                                              default=str))
+        Path(args.json).write_text(json.dumps({"started": started, "seconds": total, "results": results,
+                                               "argv": " ".join(["python", *sys.argv]), "commit": common.git_commit()},
+                                              indent=1, default=str))
     body = render(results, args, started, total)
     if left:
         body = (f"**Partial run**: not measured yet when this was written: {', '.join(left)}.\n\n") + body
