@@ -347,7 +347,8 @@ def targets(results: dict[str, Any]) -> list[str]:
             out.append(f"- {key} {label} −{removed}: best allocation / closed-loop variant ({best['label']}) "
                        f"{fid} {best['fidelity'][fid]:.4f} **{verdict}** the best one-shot "
                        f"({best_one['label']}) {best_one['fidelity'][fid]:.4f}; in-scope params kept "
-                       f"{_fmt(best.get('scope_kept'))} vs {_fmt(best_one.get('scope_kept'))}.")
+                       f"{_fmt(best.get('scope_kept'))} vs {_fmt(best_one.get('scope_kept'))}"
+                       + _budget_caveat(best, best_one, verdict) + ".")
     for key in ("minilm", "ocr"):
         for r in _rows(results.get(key) or {}):
             allocation = r["stats"].get("allocation")
@@ -377,6 +378,39 @@ def targets(results: dict[str, Any]) -> list[str]:
     return out
 
 
+def _budget_caveat(best: dict[str, Any], one_shot: dict[str, Any], verdict: str) -> str:
+    """A warning where a win was bought with more parameters than the one-shot row kept."""
+    extra = (best.get("scope_kept") or 0.0) - (one_shot.get("scope_kept") or 0.0)
+    if verdict == "beats" and extra > 0.005:
+        return f" (it keeps {extra:.3f} more of the in-scope params: not an equal-budget win)"
+    return ""
+
+
+def _run_scope(argv: list[str]) -> tuple[frozenset[str], str]:
+    """The sections and the `--variants` filter of a recorded run."""
+    def value(flag: str, default: str) -> str:
+        for i, arg in enumerate(argv):
+            if arg == flag and i + 1 < len(argv):
+                return argv[i + 1]
+            if arg.startswith(flag + "="):
+                return arg.split("=", 1)[1]
+        return default
+
+    return frozenset(p for p in value("--only", ",".join(SECTIONS)).split(",") if p), value("--variants", "")
+
+
+def _live_runs(runs: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """The recorded runs whose rows are still in the results: a run is dropped when a later one
+    re-ran all its sections with the same `--variants` filter, or with none."""
+    live = []
+    for i, run in enumerate(runs):
+        sections, variants = _run_scope(run["argv"])
+        if not any(sections <= later_sections and later_variants in ("", variants)
+                   for later_sections, later_variants in (_run_scope(r["argv"]) for r in runs[i + 1:])):
+            live.append(run)
+    return live
+
+
 def base_ratio(res: dict[str, Any], row: dict[str, Any], key: str) -> float:
     return res["base_cost"][key] / max(row["cost"][key], 1)
 
@@ -401,8 +435,12 @@ Notes on method (they hold whatever the numbers):
   parameters by that measure, and errors there flip decoded characters. `allocation=measured`
   shares the same budget by measured end-to-end sensitivity instead (each layer truncated alone
   at 6 ranks in a clone, the model's outputs compared on 16 calibration feeds; errors assumed
-  additive across layers). Both greedy allocations stop at the first step that meets the budget,
-  so they can remove more than asked: compare at the `scope params kept` column.
+  additive across layers). The measured allocation lands on the budget: the step that meets it
+  goes only as far as needed, and what is left under the budget is given back (or swapped in for a
+  step of a wide layer, paid by steps elsewhere) in aligned rank steps by the measured errors
+  interpolated between the trial ranks. The spectral `sensitivity` allocation still stops at the
+  first step that meets the budget (a dense layer's first step removes `min-gain` of it at once), so
+  it can remove more than asked: compare at the `scope params kept` column.
 - TT/MPO is gated on parameters only (`lowrank-tt` reports its MAC increase in the stats); use it
   where memory or download size is the goal, not speed. Its `model MACs ×` is undercounted: the
   chain's intermediate values keep the symbolic row count they were emitted with (MiniLM's sequence
@@ -435,7 +473,7 @@ def tables(results: dict[str, Any]) -> list[str]:
 
 
 def render(results: dict[str, Any], command: str) -> str:
-    runs = "; ".join(f"`{' '.join(r['argv'])}` ({r['when']})" for r in results.get("runs", [])[-4:])
+    runs = "; ".join(f"`{' '.join(r['argv'])}` ({r['when']})" for r in _live_runs(results.get("runs", [])))
     out = [f"Command (all sections): `{command}`  ", *([f"Runs behind these tables: {runs}  "] if runs else []),
            f"Machine: {common.machine_line()}; ORT 1 intra-op thread, A/B interleaved, "
            f"median. {common.today()}, commit {common.git_commit()}. `latency ×` is variant / O2 baseline "

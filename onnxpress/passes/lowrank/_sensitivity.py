@@ -7,7 +7,11 @@ truncated alone, at a few ranks, in a clone of the model (the weight replaced by
 approximation, same shape: no graph surgery), and the clone's outputs on a few calibration feeds
 are compared with the original's. The greedy allocation then takes the step with the smallest
 measured increase of output error per parameter saved, assuming errors of different layers add
-up. Cost: one model run on `MEASURE_FEEDS` feeds per (layer, rank) pair.
+up, and lands on the parameter budget: the step that meets it goes only as far as needed and
+what is left is given back in `align` rank steps (`allocate_from_curves`), so the kept parameters
+end less than one alignment step under the budget, never over it (more can be left only when
+every decomposed layer already sits at its cost-gate rank). Cost: one model run on
+`MEASURE_FEEDS` feeds per (layer, rank) pair; the allocation itself is arithmetic.
 """
 
 from __future__ import annotations
@@ -24,7 +28,7 @@ from onnxpress.passes.cleanup import _util as u
 from onnxpress.passes.lowrank import math as lrm
 from onnxpress.passes.lowrank._layers import LinearLayer
 
-__all__ = ["MEASURE_FEEDS", "allocate_from_curves", "candidate_ranks", "measure_curves"]
+__all__ = ["LANDING_TOLERANCE", "MEASURE_FEEDS", "allocate_from_curves", "candidate_ranks", "measure_curves"]
 
 logger = logging.getLogger(__name__)
 
@@ -32,6 +36,8 @@ logger = logging.getLogger(__name__)
 MEASURE_FEEDS = 16
 #: Fractions of a layer's parameters the trial ranks keep.
 TRIAL_KEEPS = (0.9, 0.75, 0.6, 0.45, 0.3, 0.15)
+#: Unspent budget (fraction of the in-scope parameters) below which the allocation stops swapping.
+LANDING_TOLERANCE = 0.005
 
 
 def candidate_ranks(k: int, n: int, align: int, min_gain: float) -> list[int]:
@@ -96,37 +102,184 @@ def measure_curves(model: ir.Model, layers: Sequence[LinearLayer], grams: Mappin
     return curves
 
 
+def _max_rank(k: int, n: int, align: int, min_gain: float) -> int:
+    """The largest multiple of `align` below full rank that still saves `min_gain` of a [K, N]
+    layer's parameters (the cost gate's limit); 0 where none does."""
+    limit = min(k, n) - 1
+    rank = min(int((1.0 - min_gain) * k * n / (k + n) + 1e-9), limit)
+    return rank // align * align
+
+
+def _interpolated(shape: tuple[int, int], curve: Mapping[int, float]) -> Any:
+    """The measured error of one layer as a function of its rank, linear in its parameter count
+    between the trial ranks and up to the dense layer (error 0)."""
+    k, n = shape
+    ranks = sorted(curve)
+    costs = [r * (k + n) for r in ranks] + [k * n]
+    errors = [curve[r] for r in ranks] + [0.0]
+
+    def error(rank: int) -> float:
+        return float(np.interp(rank * (k + n), costs, errors))
+
+    return error
+
+
 def allocate_from_curves(shapes: Sequence[tuple[int, int]], curves: Sequence[Mapping[int, float]],
-                         keep: float) -> list[int | None]:
-    """Ranks sharing the budget `keep · Σ K·N`: from every layer dense, repeatedly take the step
-    (dense → the highest trial rank, or one trial rank to the next) with the smallest measured
-    error increase per parameter saved. None for a layer left dense. Deterministic (ties go to
-    the earlier layer)."""
+                         keep: float, align: int = 1, min_gain: float = 0.0) -> list[int | None]:
+    """Ranks sharing the budget `keep · Σ K·N`, landing on it: the kept parameters end less than
+    one alignment step (`align · (K + N)` of a decomposed layer that can still grow) under the
+    budget, never over it; more is left only when every decomposed layer is at its cost-gate
+    rank (a layer cannot save less than `min_gain` of itself).
+
+    From every layer dense, repeatedly take the coarse step (dense → the highest trial rank, or
+    one trial rank to the next) with the smallest measured error increase per parameter saved,
+    until the budget is met. The step that meets it only goes as far as needed (the largest
+    multiple of `align` on its segment that fits the budget), and the parameters still left
+    under the budget are given back `align` ranks at a time to the decomposed layers where the
+    measured error (interpolated linearly in parameters between the trial ranks and the dense
+    layer) drops most per parameter, without passing the `min_gain` cost gate; where more than
+    `LANDING_TOLERANCE` is still unspent, one layer's step up is swapped in for steps down
+    elsewhere (`_land`). None for a layer left dense. Deterministic (ties go to the earlier
+    layer)."""
+    if align < 1:
+        raise ValueError(f"align must be at least 1, got {align}")
     ladders = [sorted(curve, reverse=True) for curve in curves]
     state: list[int] = [-1] * len(shapes)  # index into the ladder; -1 = dense
-    cost = float(sum(k * n for k, n in shapes))
-    budget = keep * cost
+    total = float(sum(k * n for k, n in shapes))
+    budget = keep * total
+    cost = total
+
+    def params(i: int, at: int) -> int:
+        k, n = shapes[i]
+        return k * n if at < 0 else ladders[i][at] * (k + n)
 
     def step(i: int) -> tuple[float, int] | None:
         ladder, at = ladders[i], state[i]
         if at + 1 >= len(ladder):
             return None
-        k, n = shapes[i]
-        before_cost = k * n if at < 0 else ladder[at] * (k + n)
         before_err = 0.0 if at < 0 else curves[i][ladder[at]]
-        new = ladder[at + 1]
-        saved = before_cost - new * (k + n)
-        return (max(curves[i][new] - before_err, 0.0) / max(saved, 1), i)
+        saved = params(i, at) - params(i, at + 1)
+        return (max(curves[i][ladder[at + 1]] - before_err, 0.0) / max(saved, 1), i)
 
     heap = [entry for entry in (step(i) for i in range(len(shapes))) if entry is not None]
     heapq.heapify(heap)
+    last = None
     while cost > budget and heap:
         _, i = heapq.heappop(heap)
-        k, n = shapes[i]
-        before = k * n if state[i] < 0 else ladders[i][state[i]] * (k + n)
+        cost -= params(i, state[i]) - params(i, state[i] + 1)
         state[i] += 1
-        cost -= before - ladders[i][state[i]] * (k + n)
+        last = i
         nxt = step(i)
         if nxt is not None:
             heapq.heappush(heap, nxt)
-    return [None if at < 0 else ladders[i][at] for i, at in enumerate(state)]
+    ranks: list[int | None] = [None if at < 0 else ladders[i][at] for i, at in enumerate(state)]
+    if last is None or cost > budget:
+        return ranks  # nothing taken, or every ladder exhausted short of the budget
+
+    # the step that met the budget: only as far as needed along its segment
+    i = last
+    k, n = shapes[i]
+    reached = ladders[i][state[i]]
+    top = _max_rank(k, n, align, min_gain) if state[i] == 0 else ladders[i][state[i] - 1] - 1
+    others = cost - reached * (k + n)
+    fits = int((budget - others) // (k + n)) // align * align
+    ranks[i] = max(reached, min(fits, top // align * align))
+    cost = others + ranks[i] * (k + n)
+
+    return _land(shapes, curves, ranks, budget, align, min_gain)
+
+
+def _land(shapes: Sequence[tuple[int, int]], curves: Sequence[Mapping[int, float]], ranks: list[int | None],
+          budget: float, align: int, min_gain: float) -> list[int | None]:
+    """Spend what `ranks` leave under `budget` in steps of `align` ranks, by the measured error
+    interpolated linearly in parameters (`_interpolated`).
+
+    Give-back: raise the decomposed layer whose error drops most per parameter added, while it
+    fits. Only when more than `LANDING_TOLERANCE` of the parameters is still unspent (every step
+    left is too wide: a 120×6625 CTC head moves ~54k parameters per 8 ranks, and dense layers
+    cannot move at all), try a swap: raise one layer by a step that does not fit and pay for it
+    with the cheapest `align` steps down elsewhere (a dense layer's step down goes to its
+    cost-gate rank; none goes below its lowest trial rank), then give back again; of the swaps
+    that leave less unspent, the one with the least modelled error is taken. Swaps trade
+    measured-cheap rank for interpolated estimates, so they stop as soon as the tolerance is met.
+    Deterministic (ties go to the earlier layer)."""
+    errors = [_interpolated(shape, curve) for shape, curve in zip(shapes, curves)]
+    caps = [_max_rank(k, n, align, min_gain) for k, n in shapes]
+    floors = [min(curve) if curve else 0 for curve in curves]
+
+    def cost_of(state: Sequence[int | None]) -> int:
+        return sum(k * n if r is None else r * (k + n) for (k, n), r in zip(shapes, state))
+
+    def error_of(state: Sequence[int | None]) -> float:
+        return sum(0.0 if r is None else errors[i](r) for i, r in enumerate(state))
+
+    def give_back(state: list[int | None]) -> list[int | None]:
+        cost = cost_of(state)
+        while True:
+            best = None
+            for j, rank in enumerate(state):
+                if rank is None or rank + align > caps[j]:
+                    continue
+                k, n = shapes[j]
+                added = align * (k + n)
+                if cost + added > budget:
+                    continue
+                gain = (errors[j](rank) - errors[j](rank + align)) / added
+                if best is None or gain > best[0]:
+                    best = (gain, j, added)
+            if best is None:
+                return state
+            _, j, added = best
+            state[j] = int(state[j]) + align
+            cost += added
+
+    def step_down(state: list[int | None], frozen: int) -> bool:
+        """The cheapest `align` step down of a layer other than `frozen`; False where none is left."""
+        best = None
+        for j, rank in enumerate(state):
+            k, n = shapes[j]
+            if j == frozen or not curves[j]:
+                continue
+            if rank is None:
+                new = caps[j] if caps[j] >= floors[j] and caps[j] > 0 else None
+                before_cost, before_err = k * n, 0.0
+            else:
+                new = rank - align if rank - align >= max(floors[j], align) else None
+                before_cost, before_err = rank * (k + n), errors[j](rank)
+            if new is None:
+                continue
+            saved = before_cost - new * (k + n)
+            if saved <= 0:
+                continue
+            slope = (errors[j](new) - before_err) / saved
+            if best is None or slope < best[0]:
+                best = (slope, j, new)
+        if best is None:
+            return False
+        state[best[1]] = best[2]
+        return True
+
+    state = give_back(list(ranks))
+    tolerance = LANDING_TOLERANCE * sum(k * n for k, n in shapes)
+    for _ in range(4 * len(shapes) + 4):
+        left = budget - cost_of(state)
+        if left <= tolerance:
+            break
+        best = None
+        for j, rank in enumerate(state):
+            if rank is None or rank + align > caps[j]:
+                continue
+            trial = list(state)
+            trial[j] = rank + align
+            while cost_of(trial) > budget and step_down(trial, j):
+                pass
+            if cost_of(trial) > budget:
+                continue
+            trial = give_back(trial)
+            key = (error_of(trial), budget - cost_of(trial))
+            if key[1] < left and (best is None or key < best[0]):
+                best = (key, trial)
+        if best is None:
+            break
+        state = best[1]
+    return state

@@ -71,7 +71,9 @@ class LowRankSvdPass(LayerwisePass):
     `allocation=measured` shares the same budget by measured end-to-end sensitivity instead: each
     layer truncated alone at a few ranks in a clone, the model's outputs compared on 16
     calibration feeds (`_sensitivity`); it costs one model run per (layer, rank) pair and sees
-    what the spectra cannot (a layer whose errors the rest of the model amplifies).
+    what the spectra cannot (a layer whose errors the rest of the model amplifies). It lands on
+    the budget (less than one `align` step of a layer under it); `sensitivity` may overshoot by
+    its last greedy step.
     `refit=true` refits, by ridge least squares against the original outputs, the second factor
     and a bias correction of each decomposed layer that has a bias (closed loop), and every
     non-decomposed MatMul / Gemm that follows a decomposed one through element-wise ops only.
@@ -149,7 +151,7 @@ class LowRankSvdPass(LayerwisePass):
             shapes = [layer.shape for layer in layers]
             if opts.allocation == "measured" and feeds:
                 curves = measure_curves(model, layers, grams, runner, feeds, opts.align, opts.min_gain)
-                ranks = allocate_from_curves(shapes, curves, keep)
+                ranks = allocate_from_curves(shapes, curves, keep, opts.align, opts.min_gain)
             else:
                 spectra = [lrm.whitened_singular_values(layer.w_eff, grams.get(id(layer.node))) for layer in layers]
                 ranks = lrm.allocate_ranks(shapes, spectra, keep, opts.align, opts.min_gain)
