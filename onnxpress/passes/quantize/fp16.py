@@ -268,7 +268,6 @@ class ConvertFp16Pass(Pass):
 
     # -- rewriting -----------------------------------------------------------------------------
     def _convert_constants(self, model: ir.Model, homes: "_Homes") -> dict[str, Any]:
-        graph = model.graph
         converted = bytes_before = bytes_after = clamped = 0
         clamped_names = []
         for value, dtype in homes.values_items():

@@ -292,3 +292,25 @@ def test_costs():
     assert p == 8 + 36 + 16 and m == 100 * 8 + 25 * (36 + 16)
     p, m = lrm.cp_cost(8, 4, 3, 3, 2, (5, 5), in_hw=(10, 10))
     assert p == 2 * 18 and m == 100 * 8 + 5 * 10 * 6 + 25 * (6 + 16)
+
+
+def test_numpy_tucker_and_cp_match_tensorly_on_a_small_kernel():
+    """The hand-written decompositions (tensorly was too slow on wide convs) against tensorly's."""
+    import tensorly as tl
+    from tensorly.decomposition import parafac, partial_tucker
+
+    from onnxpress.passes.lowrank.tensor_math import cp_conv, cp_reconstruct, tucker2_conv, tucker2_reconstruct
+
+    rng = np.random.default_rng(0)
+    decay = (0.7 ** np.arange(16))[:, None, None, None] * (0.8 ** np.arange(12))[None, :, None, None]
+    w = rng.standard_normal((16, 12, 3, 3)) * decay
+
+    def rel(a):
+        return float(np.linalg.norm(a - w) / np.linalg.norm(w))
+
+    ours = rel(tucker2_reconstruct(*tucker2_conv(w, (6, 5))))
+    (core, factors), _ = partial_tucker(tl.tensor(w), rank=[6, 5], modes=[0, 1], n_iter_max=50, init="svd")
+    assert ours == pytest.approx(rel(tl.tenalg.multi_mode_dot(core, factors, modes=[0, 1])), rel=1e-6)
+    ours = rel(cp_reconstruct(*cp_conv(w, 8)))
+    reference = rel(tl.cp_to_tensor(parafac(tl.tensor(w), rank=8, n_iter_max=200, init="random", random_state=0)))
+    assert ours <= 1.1 * reference, (ours, reference)
