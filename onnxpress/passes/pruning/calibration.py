@@ -156,6 +156,13 @@ class GramAccumulator:
         self.target_sq += float(np.square(y).sum())
         self.rows += x.shape[0]
 
+    def merged(self, other: "GramAccumulator") -> "GramAccumulator":
+        """The statistics of both accumulators' rows together."""
+        out = GramAccumulator(self.n_in, self.n_out)
+        out.gram, out.cross = self.gram + other.gram, self.cross + other.cross
+        out.target_sq, out.rows = self.target_sq + other.target_sq, self.rows + other.rows
+        return out
+
     def _augmented(self, weight: np.ndarray, bias: np.ndarray | None) -> np.ndarray:
         b = np.zeros(self.n_out) if bias is None else np.asarray(bias, dtype=np.float64).reshape(self.n_out)
         return np.vstack([np.asarray(weight, dtype=np.float64), b[None, :]])

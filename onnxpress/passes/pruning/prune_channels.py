@@ -127,6 +127,7 @@ class PruneChannelsPass(Pass):
         lossy_norms: bool = False
         reconstruct: bool = False
         ridge: float = 0.03
+        auto_ridge: bool = False  # choose the ridge per layer on held-out calibration feeds
         sequential: bool = True  # refit from the pruned model's activations, layer after layer
         max_samples: int = 64
 
@@ -211,7 +212,8 @@ class PruneChannelsPass(Pass):
         if original is not None:
             from onnxpress.passes.pruning.reconstruct import reconstruct_consumers
 
-            stats["reconstructed"] = reconstruct_consumers(original, model, plan, ctx, ridge=opts.ridge,
+            stats["reconstructed"] = reconstruct_consumers(original, model, plan, ctx,
+                                                           ridge=None if opts.auto_ridge else opts.ridge,
                                                            sequential=opts.sequential, limit=opts.max_samples)
         self.plan = plan
         model.meta["onnxpress.pruning_plan"] = plan.to_dict()

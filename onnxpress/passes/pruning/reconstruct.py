@@ -33,8 +33,10 @@ logger = logging.getLogger(__name__)
 
 #: Rows (tokens, output positions) taken from one feed at most; more are subsampled at random.
 MAX_ROWS_PER_FEED = 2048
-#: A layer is refitted only from at least as many calibration rows as a column has unknowns.
+#: With a fixed ridge, a layer is refitted only from at least as many rows as a column has unknowns.
 MIN_ROWS_PER_INPUT = 1
+#: The ridge when none is given and there are too few feeds to choose one.
+DEFAULT_RIDGE = 0.03
 
 
 # ----------------------------------------------------------------------------------------------
@@ -288,7 +290,7 @@ ROW_BUDGET = 8 << 20
 
 
 def reconstruct_consumers(original: ir.Model, model: ir.Model, plan: PruningPlan, ctx: Any, *,
-                          ridge: float = 0.03, sequential: bool = True, limit: int | None = 64,
+                          ridge: float | None = DEFAULT_RIDGE, sequential: bool = True, limit: int | None = 64,
                           max_rows_per_feed: int | None = None, seed: int = 0) -> dict[str, Any]:
     """Refit every layer of `model` that lost input channels under `plan`.
 
@@ -329,7 +331,7 @@ def reconstruct_consumers(original: ir.Model, model: ir.Model, plan: PruningPlan
                                                     _row_cap(layer, max_rows_per_feed), rng)
     else:
         for batch in _batches(layers):
-            accs = [GramAccumulator(*layer.effective()[0].shape) for layer in batch]
+            accs = [_SplitGram(*layer.effective()[0].shape, feeds=len(feeds)) for layer in batch]
             names = [n for layer in batch for n in (layer.node.inputs[0].name, layer.node.outputs[0].name)]
             keeps = [_kept_inputs(layer, plan) for layer in batch]
             for (teacher,) in iter_values(ctx.runner, [(original, names)], feeds):
@@ -347,13 +349,36 @@ def reconstruct_consumers(original: ir.Model, model: ir.Model, plan: PruningPlan
 
 
 def _refit(layer: _Layer, original: ir.Model, model: ir.Model, runner: Any, feeds: list,
-           ridge: float, cap: int, rng: np.random.Generator) -> dict[str, Any]:
+           ridge: float | None, cap: int, rng: np.random.Generator) -> dict[str, Any]:
     """Refit one layer against the original's output, from the inputs `model` feeds it now."""
-    acc = GramAccumulator(*layer.effective()[0].shape)
+    acc = _SplitGram(*layer.effective()[0].shape, feeds=len(feeds))
     x_name, y_name = layer.node.inputs[0].name, layer.node.outputs[0].name
     for teacher, student in iter_values(runner, [(original, [y_name]), (model, [x_name])], feeds):
         acc.update(*layer.rows(student[x_name], teacher[y_name], rng, cap))
     return _solve(layer, acc, ridge)
+
+
+#: Ridge values `ridge=None` (auto) chooses from, on the held-out calibration feeds.
+RIDGE_CANDIDATES = (1e-4, 1e-3, 3e-3, 1e-2, 3e-2, 0.1, 0.3, 1.0)
+#: Every HOLD_OUT-th feed is held out to choose the ridge (auto), when there are that many feeds.
+HOLD_OUT = 4
+
+
+class _SplitGram:
+    """Gram statistics of one layer, with every HOLD_OUT-th feed kept apart for choosing the ridge."""
+
+    def __init__(self, n_in: int, n_out: int, feeds: int) -> None:
+        self.train, self.held = GramAccumulator(n_in, n_out), GramAccumulator(n_in, n_out)
+        self.split = feeds >= HOLD_OUT
+        self.seen = 0
+
+    def update(self, x: np.ndarray, y: np.ndarray) -> None:
+        held = self.split and self.seen % HOLD_OUT == HOLD_OUT - 1
+        (self.held if held else self.train).update(x, y)
+        self.seen += 1
+
+    def all(self) -> GramAccumulator:
+        return self.train.merged(self.held)
 
 
 def _row_cap(layer: _Layer, cap: int | None) -> int:
@@ -386,23 +411,42 @@ def _batches(layers: list[_Layer]) -> list[list[_Layer]]:
     return batches
 
 
-def _solve(layer: _Layer, acc: GramAccumulator, ridge: float) -> dict[str, Any]:
-    """Fit `layer` from its statistics; write the fit back only if it lowers the error."""
+def _solve(layer: _Layer, split: _SplitGram, ridge: float | None) -> dict[str, Any]:
+    """Fit `layer` from its statistics; write the fit back only if it lowers the error.
+
+    With `ridge=None` the ridge is chosen among RIDGE_CANDIDATES by the error on the held-out
+    feeds of a fit to the others, and the layer is left alone when no candidate beats the pruned
+    weights there; the final fit uses every feed.
+    """
     w_eff, b_eff = layer.effective()
+    acc = split.all()
     before = acc.relative_error(w_eff, b_eff)
-    if acc.rows < MIN_ROWS_PER_INPUT * (acc.n_in + 1):
+    chosen = ridge
+    if ridge is None and split.split and split.held.rows and split.train.rows:
+        held_before = split.held.relative_error(w_eff, b_eff)
+        scores = {r: split.held.relative_error(*split.train.solve(r, bias=b_eff is not None, prior=w_eff))
+                  for r in RIDGE_CANDIDATES}
+        chosen = min(scores, key=scores.get)
+        if not scores[chosen] < held_before:
+            logger.debug("reconstruct: %s '%s' not refitted: no ridge helps on the held-out feeds", layer.op,
+                         layer.name)
+            return {"error_before": round(before, 6), "error_after": round(before, 6), "rows": acc.rows,
+                    "refitted": False, "reason": "no ridge lowers the held-out error"}
+    elif ridge is None:  # too few feeds to hold any out
+        chosen = DEFAULT_RIDGE
+    if ridge is not None and acc.rows < MIN_ROWS_PER_INPUT * (acc.n_in + 1):
         # fewer rows than unknowns (a conv after global pooling sees one row per feed): the fit,
         # its bias undamped, would reproduce these few rows and nothing else
         logger.warning("reconstruct: %s '%s' not refitted: %d inputs but only %d calibration rows (give more "
-                       "data)", layer.op, layer.name, acc.n_in, acc.rows)
+                       "data, or ridge=auto to decide on held-out feeds)", layer.op, layer.name, acc.n_in, acc.rows)
         return {"error_before": round(before, 6), "error_after": round(before, 6), "rows": acc.rows,
                 "refitted": False, "reason": "too few calibration rows"}
-    new_w, new_b = acc.solve(ridge, bias=b_eff is not None, prior=w_eff)
+    new_w, new_b = acc.solve(chosen, bias=b_eff is not None, prior=w_eff)
     after = acc.relative_error(new_w, new_b)
     refitted = bool(np.isfinite(after) and after < before)
     if refitted:
         layer.write(new_w, new_b)
-    logger.debug("reconstruct: %s '%s': error %.4g -> %.4g over %d rows%s", layer.op, layer.name, before,
-                 after, acc.rows, "" if refitted else " (kept the pruned weights)")
+    logger.debug("reconstruct: %s '%s': error %.4g -> %.4g over %d rows (ridge %g)%s", layer.op, layer.name, before,
+                 after, acc.rows, chosen, "" if refitted else " (kept the pruned weights)")
     return {"error_before": round(before, 6), "error_after": round(after if refitted else before, 6),
-            "rows": acc.rows, "refitted": refitted}
+            "rows": acc.rows, "refitted": refitted, "ridge": chosen}

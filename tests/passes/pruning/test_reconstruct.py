@@ -255,3 +255,37 @@ def test_obs_importance_without_data_falls_back_to_l2():
     assert arrays(with_obs).keys() == arrays(with_l2).keys()
     for name, array in arrays(with_l2).items():
         np.testing.assert_array_equal(arrays(with_obs)[name], array)
+
+
+def test_auto_ridge_is_chosen_on_held_out_feeds_and_lowers_the_error():
+    from onnxpress.passes.pruning.reconstruct import RIDGE_CANDIDATES
+
+    model = conv_net()
+    calibration, held_out = image_feeds(48, seed=1), image_feeds(16, seed=2)
+    plain, _ = prune(model, "ratio=0.5", calibration)
+    refit, stats = prune(model, "ratio=0.5 reconstruct=true auto-ridge=true", calibration)
+    layers = stats["reconstructed"]["per_layer"]
+    assert layers and all(layer["refitted"] and layer["ridge"] in RIDGE_CANDIDATES for layer in layers.values())
+    assert relative_error(model, refit, held_out) < 0.8 * relative_error(model, plain, held_out)
+
+
+def test_auto_ridge_leaves_a_layer_alone_when_no_fit_helps_on_held_out_feeds():
+    # the layer's weights already reproduce the held-out feeds (every 4th) exactly; the other feeds'
+    # targets carry noise, so any refit moves away from what the held-out feeds show
+    from onnxpress.passes.pruning.reconstruct import _Layer, _SplitGram, _solve
+
+    b = Builder(seed=0)
+    y = b.op("MatMul", [b.input("x", [4, 8]), b.init("w", b.rand(8, 3))], name="fc")
+    model = b.model([y])
+    node = next(iter(model.graph))
+    layer = _Layer(node, node.inputs[1], None)
+    split = _SplitGram(8, 3, feeds=8)
+    rng = np.random.default_rng(0)
+    w = model.graph.initializers["w"].const_value.numpy().astype(np.float64)
+    for i in range(8):
+        x = rng.standard_normal((4, 8))
+        split.update(x, x @ w + (0.0 if i % 4 == 3 else rng.standard_normal((4, 3))))
+    before = model.graph.initializers["w"].const_value.numpy().copy()
+    result = _solve(layer, split, None)
+    assert not result["refitted"] and result["reason"] == "no ridge lowers the held-out error"
+    np.testing.assert_array_equal(model.graph.initializers["w"].const_value.numpy(), before)
