@@ -640,6 +640,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--from-json", default=None,
                     help="comma-separated JSON files of earlier runs: merge their models (in model order, the first "
                          "file holding a model wins) and rewrite the section without measuring anything")
+    ap.add_argument("--note", default=None, help="with --from-json: a paragraph put above the merged section")
     args = ap.parse_args(argv)
     args.ratios = tuple(float(r) for r in args.ratios.split(","))
     if args.from_json:
@@ -676,6 +677,8 @@ def _merge(args) -> int:
                      "commit": data.get("commit", "?"), "models": [data["results"][k]["label"] for k in mine]})
     results = {k: results[k] for k in sorted(results, key=lambda k: _MODEL_ORDER.index(k) if k in _MODEL_ORDER else 99)}
     body = render(results, args, runs[0]["started"], sum(r["seconds"] for r in runs), runs=runs)
+    if args.note:
+        body = f"**Note.** {args.note}\n\n" + body
     if args.out:
         common.write_md_section(args.out, "pruning", "Structured pruning: prune-channels / prune-heads vs Torch-Pruning",
                                 body)

@@ -7,13 +7,15 @@ removes about `ratio` of the prunable channels of every coupled group (or of all
 `reconstruct=true` and calibration data in the PassContext, the layers that lost input channels
 are refitted by ridge least squares to reproduce the original model's outputs: by default
 sequentially (`sequential=true`: each layer fitted to the inputs the already-refitted pruned model
-feeds it, which measured best on deep CNNs: PP-OCRv4 rec at 0.3 keeps 0.42–0.48 of its decoded
-strings vs 0.06 one-shot), with `ridge=0.03` (relative to the mean input energy, pulling towards
-the pruned weights; 1e-3 overfits domain-shifted calibration data: MiniLM 0.874 vs 0.908 at 0.05).
-`sequential=false` fits every layer from one pass of the original model (faster). `importance=obs`
-ranks channels by the error their removal leaves after that refit (greedy structured OBS,
-`obs.py`), the natural partner of `reconstruct=true` (MiniLM, 25 % of the FFN: 0.930 vs 0.912 with
-L2, mean embedding cosine).
+feeds it; one-shot `sequential=false` fits every layer from one pass of the original model, faster,
+but measured far worse on deep CNNs: PP-OCRv4 rec at 0.3 keeps 0.06 of its decoded strings vs
+0.42–0.49 sequentially). The ridge (relative to the mean input energy, pulling towards the pruned
+weights) is chosen per layer on held-out calibration feeds (`auto-ridge=true`; a layer no ridge
+helps there is left alone): no fixed value suits every model (MiniLM with domain-shifted
+calibration text wants ~0.1, a CNN calibrated in-distribution ~1e-3). `importance=obs` ranks
+channels by the error their removal leaves after that refit (greedy structured OBS, `obs.py`),
+the natural partner of `reconstruct=true`; `scope=sensitivity` shifts the removal budget away
+from groups whose pruning alone hurts the output most. Measured in docs/BENCHMARKS.md.
 """
 
 from __future__ import annotations
@@ -126,8 +128,8 @@ class PruneChannelsPass(Pass):
         layer_ratios: tuple[str, ...] = ()  # "name=0.5" or "re:REGEX=0.5"
         lossy_norms: bool = False
         reconstruct: bool = False
-        ridge: float = 0.03
-        auto_ridge: bool = False  # choose the ridge per layer on held-out calibration feeds
+        ridge: float = 0.03  # used when auto-ridge=false, or with too few feeds to hold some out
+        auto_ridge: bool = True  # choose the ridge per layer on held-out calibration feeds
         sequential: bool = True  # refit from the pruned model's activations, layer after layer
         max_samples: int = 64
 

@@ -4,9 +4,12 @@ After pruning, a consumer layer (Conv with group=1, Gemm, MatMul with a constant
 input channels computes something else than before. `reconstruct_consumers` refits its weight and
 bias by ridge least squares so that, on the calibration data, its output matches the ORIGINAL
 model's output of the same layer (He et al. 2017; the LS refit of ../shared/REFERENCES.md, the
-biggest post-training lever measured there). Layers are refitted one at a time in topological
-order, each against the inputs the already-refitted pruned model feeds it (as GPTQ does), so
-errors of earlier layers are compensated downstream.
+biggest post-training lever measured there). Sequentially (the default), layers are refitted one
+at a time in topological order, each against the inputs the already-refitted pruned model feeds
+it (as GPTQ does), so errors of earlier layers are compensated downstream; one-shot, every layer
+is fitted to the original model's inputs with the removed channels dropped, all from shared passes.
+The ridge is given, or chosen per layer (`ridge=None`) among RIDGE_CANDIDATES by the error on
+every HOLD_OUT-th feed of a fit to the others; a layer no candidate helps there is left alone.
 
 Memory is bounded by each layer's Gram matrix ([X 1]ᵀ[X 1], [X 1]ᵀY), accumulated over streamed
 feeds; rows per feed (tokens, spatial positions) are randomly subsampled above a cap. New weights
