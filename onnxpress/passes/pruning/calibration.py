@@ -177,15 +177,19 @@ class GramAccumulator:
         """‖x W + b − y‖ / ‖y‖ over the rows seen."""
         return float(np.sqrt(self.squared_error(weight, bias) / max(self.target_sq, 1e-300)))
 
-    def solve(self, ridge: float, *, bias: bool = True,
-              prior: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray | None]:
+    def solve(self, ridge: float, *, bias: bool = True, prior: np.ndarray | None = None,
+              tie: int = 1) -> tuple[np.ndarray, np.ndarray | None]:
         """Ridge least squares: `(G + λI) W = XᵀY + λ·prior`, λ = ridge · mean(diag G).
 
         The damping pulls the weights towards `prior` (zero when None), never the bias; with
-        `bias=False` the fit has no intercept. Returns (W [n_in, n_out], b [n_out] or None).
+        `bias=False` the fit has no intercept. `tie` > 1: each run of `tie` consecutive columns
+        shares one bias (a ConvTranspose's output block), solved exactly: with A = G + λI,
+        m = Xᵀ1 and N rows, W = A⁻¹(XᵀY + λ·prior − m bᵀ) and the shared b of a run c is
+        Σ_{j∈c}(1ᵀy_j − mᵀA⁻¹(Xᵀy_j + λ·prior_j)) / (|c|·(N − mᵀA⁻¹m)).
+        Returns (W [n_in, n_out], b [n_out] or None; tied entries repeated).
         """
         k = self.n_in
-        size = k + 1 if bias else k
+        size = k + 1 if bias and tie == 1 else k
         gram = self.gram[:size, :size].copy()
         rhs = self.cross[:size].copy()
         damping = ridge * float(np.mean(np.diag(self.gram)[:k])) if k else 0.0
@@ -193,11 +197,20 @@ class GramAccumulator:
         gram[np.arange(k), np.arange(k)] += damping
         if prior is not None:
             rhs[:k] += damping * np.asarray(prior, dtype=np.float64)
+        if bias and tie > 1:
+            rhs = np.hstack([rhs, self.gram[:k, k:k + 1]])
         try:
             solution = np.linalg.solve(gram, rhs)
         except np.linalg.LinAlgError:
             solution = np.linalg.lstsq(gram, rhs, rcond=None)[0]
-        return solution[:k], (solution[k] if bias else None)
+        if not bias or tie == 1:
+            return solution[:k], (solution[k] if bias else None)
+        z, z_m = solution[:, :-1], solution[:, -1]
+        m, rows = self.gram[:k, k], self.gram[k, k]
+        residual = (self.cross[k] - m @ z).reshape(-1, tie).sum(axis=1)
+        shared = residual / (tie * max(rows - float(m @ z_m), 1e-12))
+        b = np.repeat(shared, tie)
+        return z - np.outer(z_m, b), b
 
 
 # ----------------------------------------------------------------------------------------------

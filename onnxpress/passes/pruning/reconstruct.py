@@ -1,7 +1,8 @@
 """Least-squares reconstruction of the layers that lost input channels (teacher-guided, layer-wise).
 
-After pruning, a consumer layer (Conv with group=1, Gemm, MatMul with a constant weight) that lost
-input channels computes something else than before. `reconstruct_consumers` refits its weight and
+After pruning, a consumer layer (Conv with group=1, Gemm, MatMul with a constant weight, or a
+ConvTranspose with group=1 whose kernel equals its stride, the usual 2x up-sampling of segmentation
+heads) that lost input channels computes something else than before. `reconstruct_consumers` refits its weight and
 bias by ridge least squares so that, on the calibration data, its output matches the ORIGINAL
 model's output of the same layer (He et al. 2017; the LS refit of ../shared/REFERENCES.md, the
 biggest post-training lever measured there). Sequentially (the default), layers are refitted one
@@ -97,7 +98,12 @@ def conv_rows(x: np.ndarray, node: ir.Node, kernel: tuple[int, ...], out_spatial
 # ----------------------------------------------------------------------------------------------
 @dataclasses.dataclass
 class _Layer:
-    """A consumer layer as `Y = X W_eff + b_eff`, and how to write a refit back."""
+    """A consumer layer as `Y = X W_eff + b_eff`, and how to write a refit back.
+
+    A ConvTranspose whose kernel equals its stride (no padding, no dilation) maps every input pixel
+    to its own s×s output block: one row per input pixel, one column per (output channel, offset
+    in the block) (`phases` columns per channel), and one bias per channel shared by its columns.
+    """
 
     node: ir.Node
     weight: ir.Value
@@ -119,7 +125,7 @@ class _Layer:
         """The weight axis that holds the input channels."""
         if self.op == "Conv":
             return 1
-        return int(bool(self._attr("transB", 0))) if self.op == "Gemm" else 0
+        return int(bool(self._attr("transB", 0))) if self.op == "Gemm" else 0  # ConvTranspose: [C_in, C_out, *k]
 
     @property
     def taps(self) -> int:
@@ -127,9 +133,15 @@ class _Layer:
         shape = self.weight.const_value.shape
         return int(np.prod(shape[2:], dtype=np.int64)) if self.op == "Conv" else 1
 
+    @property
+    def phases(self) -> int:
+        """Columns of the effective weight per output channel (the block size of a ConvTranspose)."""
+        shape = self.weight.const_value.shape
+        return int(np.prod(shape[2:], dtype=np.int64)) if self.op == "ConvTranspose" else 1
+
     def input_axis(self, ndim: int) -> int:
         """The axis of the layer's input tensor (of rank `ndim`) that holds the channels."""
-        if self.op == "Conv":
+        if self.op in ("Conv", "ConvTranspose"):
             return 1
         if self.op == "Gemm":
             return 0 if self._attr("transA", 0) else 1
@@ -143,6 +155,8 @@ class _Layer:
         w = np.asarray(self.weight.const_value.numpy(), dtype=np.float64)
         if self.op == "Conv":
             w_eff = w.reshape(w.shape[0], -1).T
+        elif self.op == "ConvTranspose":
+            w_eff = w.reshape(w.shape[0], -1)
         elif self.op == "Gemm":
             w_eff = self.alpha * (w.T if self._attr("transB", 0) else w)
         else:
@@ -152,7 +166,7 @@ class _Layer:
         if self.op == "MatMul":  # the refit adds a correction to the Add's constant
             return w_eff, np.zeros(w_eff.shape[1])
         b = np.asarray(self.bias.const_value.numpy(), dtype=np.float64).reshape(-1)
-        return w_eff, (self.beta * b if self.op == "Gemm" else b)
+        return w_eff, (self.beta * b if self.op == "Gemm" else np.repeat(b, self.phases))
 
     def rows(self, x: np.ndarray, y: np.ndarray, rng: np.random.Generator, cap: int) -> tuple[np.ndarray, np.ndarray]:
         """Matching (input rows, target rows) of one feed, at most `cap` of them."""
@@ -163,6 +177,15 @@ class _Layer:
             positions = _subsample(total, cap, rng)
             targets = np.moveaxis(y, 1, -1).reshape(-1, y.shape[1])[positions]
             return conv_rows(x, self.node, kernel, out_spatial, positions), self._kept(targets)
+        if self.op == "ConvTranspose":  # y[b, o, s·i + a] = Σ_c x[b, c, i] W[c, o, a] + B[o]
+            block = tuple(self.weight.const_value.shape[2:])
+            nd, spatial = len(block), x.shape[2:]
+            split = [y.shape[0], y.shape[1]] + [n for i in range(nd) for n in (spatial[i], block[i])]
+            order = [0] + [2 + 2 * i for i in range(nd)] + [1] + [3 + 2 * i for i in range(nd)]
+            targets = y.reshape(split).transpose(order).reshape(-1, y.shape[1] * self.phases)
+            x = np.moveaxis(x, 1, -1).reshape(-1, x.shape[1])
+            positions = _subsample(x.shape[0], cap, rng)
+            return x[positions], self._kept(targets[positions])
         if self.op == "Gemm" and self._attr("transA", 0):
             x = x.T
         x = x.reshape(-1, x.shape[-1])
@@ -172,12 +195,17 @@ class _Layer:
 
     def _kept(self, targets: np.ndarray) -> np.ndarray:
         """The teacher's columns of the output channels this layer still has."""
-        return targets if self.kept_out is None else targets[:, self.kept_out]
+        if self.kept_out is None:
+            return targets
+        columns = (self.kept_out[:, None] * self.phases + np.arange(self.phases)[None, :]).reshape(-1)
+        return targets[:, columns]
 
     def write(self, w_eff: np.ndarray, b_eff: np.ndarray | None) -> None:
         old = self.weight.const_value
         if self.op == "Conv":
             new = w_eff.T.reshape(old.shape)
+        elif self.op == "ConvTranspose":
+            new = w_eff.reshape(old.shape)
         elif self.op == "Gemm":
             new = w_eff / self.alpha
             new = new.T if self._attr("transB", 0) else new
@@ -192,6 +220,8 @@ class _Layer:
             _assign(self.bias, base + b_eff.reshape(shape))
         elif self.op == "Gemm":
             _assign(self.bias, (b_eff / self.beta).reshape(shape))
+        elif self.op == "ConvTranspose":  # the fit shares one bias per channel (equal columns)
+            _assign(self.bias, b_eff.reshape(-1, self.phases).mean(axis=1).reshape(shape))
         else:
             _assign(self.bias, b_eff.reshape(shape))
 
@@ -217,6 +247,23 @@ def _constant(value: ir.Value | None, graph: ir.Graph) -> bool:
             and value not in graph.inputs)
 
 
+def _unsupported_transpose(node: ir.Node, kernel: tuple[int, ...]) -> str | None:
+    """Why a ConvTranspose is not one output block per input pixel (None when it is)."""
+    def ints(name: str, default: int) -> list[int]:
+        attr = node.attributes.get(name)
+        return list(attr.value) if attr is not None else [default] * len(kernel)
+
+    auto_pad = node.attributes.get("auto_pad")
+    if auto_pad is not None and auto_pad.value not in ("NOTSET", "VALID"):
+        return f"ConvTranspose auto_pad={auto_pad.value}"
+    if "output_shape" in node.attributes:
+        return "ConvTranspose with output_shape"
+    if ints("strides", 1) != list(kernel) or any(ints("pads", 0)) or any(d != 1 for d in ints("dilations", 1)) \
+            or any(ints("output_padding", 0)):
+        return "ConvTranspose kernel differs from its stride (overlapping or padded blocks)"
+    return None
+
+
 def _bias_add(node: ir.Node, graph: ir.Graph, n_out: int) -> ir.Value | None:
     """The per-feature constant of an Add that alone consumes a MatMul's output, if any."""
     out = node.outputs[0]
@@ -235,13 +282,15 @@ def _bias_add(node: ir.Node, graph: ir.Graph, n_out: int) -> ir.Value | None:
 
 def _consumer(node: ir.Node, plan: PruningPlan, graph: ir.Graph) -> _Layer | str | None:
     """The layer to refit, a reason to skip it, or None when it lost no input channels."""
-    if node.op_type not in ("Conv", "Gemm", "MatMul") or len(node.inputs) < 2:
+    if node.op_type not in ("Conv", "ConvTranspose", "Gemm", "MatMul") or len(node.inputs) < 2:
         return None
     weight = node.inputs[1]
     if weight is None or weight.name not in plan.tensors:
         return None
     if node.op_type == "Conv":
         in_axis, out_axis = 1, 0
+    elif node.op_type == "ConvTranspose":
+        in_axis, out_axis = 0, 1
     elif node.op_type == "Gemm":
         attr = node.attributes.get("transB")
         in_axis, out_axis = (1, 0) if attr is not None and attr.value else (0, 1)
@@ -250,10 +299,14 @@ def _consumer(node: ir.Node, plan: PruningPlan, graph: ir.Graph) -> _Layer | str
     removed = plan.tensors[weight.name]
     if not removed.get(in_axis):
         return None
-    if node.op_type == "Conv":
+    if node.op_type in ("Conv", "ConvTranspose"):
         group = node.attributes.get("group")
         if group is not None and group.value != 1:
             return f"group={group.value}"
+    if node.op_type == "ConvTranspose" and weight.const_value is not None:
+        reason = _unsupported_transpose(node, tuple(weight.const_value.shape[2:]))
+        if reason:
+            return reason
     if not _constant(weight, graph) or not _only_user(weight, node):
         return "weight is not a constant read by this node only"
     if node.inputs[0] is None or node.inputs[0].const_value is not None or not node.inputs[0].name:
@@ -261,7 +314,7 @@ def _consumer(node: ir.Node, plan: PruningPlan, graph: ir.Graph) -> _Layer | str
     if not node.outputs[0].name:
         return "output has no name"
     shape = tuple(weight.const_value.shape)
-    if node.op_type != "Conv" and len(shape) != 2:
+    if node.op_type not in ("Conv", "ConvTranspose") and len(shape) != 2:
         return "weight is not a matrix"
     n_out = shape[out_axis]
     kept_out = None
@@ -427,7 +480,8 @@ def _solve(layer: _Layer, split: _SplitGram, ridge: float | None) -> dict[str, A
     chosen = ridge
     if ridge is None and split.split and split.held.rows and split.train.rows:
         held_before = split.held.relative_error(w_eff, b_eff)
-        scores = {r: split.held.relative_error(*split.train.solve(r, bias=b_eff is not None, prior=w_eff))
+        scores = {r: split.held.relative_error(*split.train.solve(r, bias=b_eff is not None, prior=w_eff,
+                                                                     tie=layer.phases))
                   for r in RIDGE_CANDIDATES}
         chosen = min(scores, key=scores.get)
         if not scores[chosen] < held_before:
@@ -444,7 +498,7 @@ def _solve(layer: _Layer, split: _SplitGram, ridge: float | None) -> dict[str, A
                        "data, or ridge=auto to decide on held-out feeds)", layer.op, layer.name, acc.n_in, acc.rows)
         return {"error_before": round(before, 6), "error_after": round(before, 6), "rows": acc.rows,
                 "refitted": False, "reason": "too few calibration rows"}
-    new_w, new_b = acc.solve(chosen, bias=b_eff is not None, prior=w_eff)
+    new_w, new_b = acc.solve(chosen, bias=b_eff is not None, prior=w_eff, tie=layer.phases)
     after = acc.relative_error(new_w, new_b)
     refitted = bool(np.isfinite(after) and after < before)
     if refitted:

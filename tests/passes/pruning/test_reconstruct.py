@@ -11,7 +11,7 @@ from onnxpress.backends.ort import OrtRunner
 from onnxpress.passes.manager import PassContext
 from onnxpress.passes.pruning.calibration import GramAccumulator, iter_values
 from onnxpress.passes.pruning.plan import PruningPlan
-from onnxpress.passes.pruning.reconstruct import conv_rows, reconstruct_consumers
+from onnxpress.passes.pruning.reconstruct import _consumer, conv_rows, reconstruct_consumers
 from tests.passes.pruning._models import Builder, arrays
 from tests.util import run
 
@@ -59,6 +59,18 @@ def image_feeds(n: int, seed: int) -> list[dict[str, np.ndarray]]:
     return feeds
 
 
+def upsampling_head(seed: int = 0, kernel: int = 2, stride: int = 2, pad: int = 0) -> ir.Model:
+    """3 -> 16 (3x3) -> Relu -> ConvTranspose 16 -> 8 -> Relu -> ConvTranspose 8 -> 1: a DB-style head."""
+    b = Builder(seed=seed)
+    x = b.input("x", [2, 3, 12, 12])
+    h = b.op("Relu", [b.conv(x, b.rand(16, 3, 3, 3) / 3, b.rand(16) / 10, name="c1")])
+    attrs = {"kernel_shape": [kernel] * 2, "strides": [stride] * 2, "pads": [pad] * 4}
+    h = b.op("Relu", [b.op("ConvTranspose", [h, b.init("t1.w", b.rand(16, 8, kernel, kernel) / 4),
+                                             b.init("t1.b", b.rand(8) / 10)], name="t1", **attrs)])
+    return b.model([b.op("ConvTranspose", [h, b.init("t2.w", b.rand(8, 1, kernel, kernel) / 3),
+                                           b.init("t2.b", b.rand(1) / 10)], name="t2", **attrs)])
+
+
 def relative_error(reference: ir.Model, model: ir.Model, feeds: list[dict]) -> float:
     want = np.concatenate([next(iter(r.values())) for r in run(reference, feeds)])
     got = np.concatenate([next(iter(r.values())) for r in run(model, feeds)])
@@ -90,6 +102,30 @@ def test_reconstruction_lowers_the_output_error(build, data, expected_layers, fa
         assert layer["error_after"] < layer["error_before"]
     before, after = relative_error(model, plain, held_out), relative_error(model, refit, held_out)
     assert after < factor * before, (before, after)
+
+
+def test_transposed_convolutions_whose_kernel_is_the_stride_are_refitted():
+    # measured: 0.68 -> 0.54 on the held-out images (random weights; nothing was refitted before)
+    model = upsampling_head()
+    calibration, held_out = image_feeds(32, seed=1), image_feeds(16, seed=2)
+    plain, _ = prune(model, "ratio=0.5", calibration)
+    refit, stats = prune(model, "ratio=0.5 reconstruct=true", calibration)
+    assert stats["layers"] == {"c1": "16->8", "t1": "8->4"}
+    rec = stats["reconstructed"]
+    assert set(rec["per_layer"]) == {"t1", "t2"} and rec["layers"] == 2
+    bias = refit.graph.initializers["t1.b"].const_value.numpy()
+    assert bias.shape == (4,)
+    before, after = relative_error(model, plain, held_out), relative_error(model, refit, held_out)
+    assert after < 0.85 * before, (before, after)
+
+
+def test_overlapping_transposed_convolutions_are_skipped_with_a_reason():
+    model = upsampling_head(kernel=3, stride=2, pad=1)
+    _, stats = prune(model, "ratio=0.5 reconstruct=true", image_feeds(8, seed=1))
+    rec = stats["reconstructed"]
+    assert rec["layers"] == 0
+    assert set(rec["skipped"]) == {"t1", "t2"}
+    assert "kernel differs from its stride" in rec["skipped"]["t1"]
 
 
 def test_reconstruction_is_exact_when_removed_channels_are_scaled_copies():
@@ -177,6 +213,36 @@ def test_gram_accumulator_matches_direct_least_squares():
     # heavy damping pulls the weights to the prior
     prior = rng.standard_normal((6, 3))
     np.testing.assert_allclose(acc.solve(1e9, bias=False, prior=prior)[0], prior, atol=1e-6)
+
+
+def test_tied_bias_solve_matches_direct_least_squares():
+    # columns in runs of 4 share one bias (a ConvTranspose's 2x2 output block)
+    rng = np.random.default_rng(1)
+    x, y = rng.standard_normal((200, 5)), rng.standard_normal((200, 8))
+    acc = GramAccumulator(5, 8)
+    acc.update(x, y)
+    w, b = acc.solve(1e-12, tie=4)
+    design = np.zeros((200 * 8, 5 * 8 + 2))
+    for j in range(8):
+        design[j * 200:(j + 1) * 200, j * 5:(j + 1) * 5] = x
+        design[j * 200:(j + 1) * 200, 40 + j // 4] = 1.0
+    want = np.linalg.lstsq(design, y.T.reshape(-1), rcond=None)[0]
+    np.testing.assert_allclose(w, want[:40].reshape(8, 5).T, atol=1e-8)
+    np.testing.assert_allclose(b, np.repeat(want[40:], 4), atol=1e-8)
+
+
+def test_transposed_conv_rows_reproduce_the_layer():
+    model = upsampling_head()
+    node = next(n for n in model.graph if n.name == "t1")
+    layer = _consumer(node, PruningPlan({"t1.w": {0: [0]}}, [], 0, 0, []), model.graph)
+    feed = image_feeds(1, seed=4)[0]
+    names = [node.inputs[0].name, node.outputs[0].name]
+    values = next(iter_values(OrtRunner(optimization_level="disable"), [(model, names)], [feed]))[0]
+    x, y = values[node.inputs[0].name], values[node.outputs[0].name]
+    rows, targets = layer.rows(x, y, np.random.default_rng(0), cap=10 ** 6)
+    assert rows.shape == (2 * 12 * 12, 16) and targets.shape == (2 * 12 * 12, 8 * 4)
+    w_eff, b_eff = layer.effective()
+    np.testing.assert_allclose(rows @ w_eff + b_eff, targets, rtol=1e-4, atol=1e-5)
 
 
 def test_iter_values_lines_up_feeds_and_models_in_small_chunks():
