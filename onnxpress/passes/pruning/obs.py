@@ -29,7 +29,7 @@ import onnx_ir as ir
 
 from onnxpress.passes.pruning.calibration import GramAccumulator, iter_values
 from onnxpress.passes.pruning.dependency import ChannelDependencies, Member
-from onnxpress.passes.pruning.reconstruct import _Layer, _row_cap
+from onnxpress.passes.pruning.reconstruct import _Layer, _row_cap, _unsupported_transpose
 
 __all__ = ["obs_scores"]
 
@@ -38,6 +38,7 @@ logger = logging.getLogger(__name__)
 #: Damping of the Gram matrix before inversion, relative to its mean diagonal.
 DAMPING = 0.01
 _CONSUMER_ROLES = ("in-channels", "in-features")
+_CONSUMER_OPS = ("Conv", "ConvTranspose", "Gemm", "MatMul")
 
 
 def _consumers(deps: ChannelDependencies, classes: set[int]) -> list[tuple[_Layer, Member]]:
@@ -46,16 +47,18 @@ def _consumers(deps: ChannelDependencies, classes: set[int]) -> list[tuple[_Laye
     seen: set[int] = set()
     for m in deps.members:
         node = m.node
-        if m.role not in _CONSUMER_ROLES or id(node) in seen or node.op_type not in ("Conv", "Gemm", "MatMul"):
+        if m.role not in _CONSUMER_ROLES or id(node) in seen or node.op_type not in _CONSUMER_OPS:
             continue
         if len(node.inputs) < 2 or node.inputs[1] is not m.value or m.value.const_value is None:
             continue
         group = node.attributes.get("group")
-        if node.op_type == "Conv" and group is not None and group.value != 1:
+        if node.op_type in ("Conv", "ConvTranspose") and group is not None and group.value != 1:
+            continue
+        if node.op_type == "ConvTranspose" and _unsupported_transpose(node, tuple(m.value.const_value.shape[2:])):
             continue
         if not node.inputs[0] or not node.inputs[0].name or not node.outputs[0].name:
             continue
-        if node.op_type != "Conv" and len(m.value.const_value.shape) != 2:
+        if node.op_type not in ("Conv", "ConvTranspose") and len(m.value.const_value.shape) != 2:
             continue
         if not any(deps.find(int(e)) in classes for e in m.elements):
             continue
