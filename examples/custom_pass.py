@@ -2,7 +2,7 @@
 
 Use it without installing anything:
 
-    optimize examples/tiny_resnet.onnx --load-plugin examples/custom_pass.py --pipeline "O2,fold-conv-scale"
+    optimize examples/tiny_resnet.onnx --load-plugin examples/custom_pass.py --pipeline "O1,fold-conv-scale"
 
 A package can ship passes too, by naming a module (or Pass class) in the entry-point group
 `onnxpress.passes` of its pyproject.toml:

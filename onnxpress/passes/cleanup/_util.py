@@ -167,10 +167,11 @@ def replace_node(
     inputs: Sequence[ir.Value | None],
     attributes: dict[str, ir.Attr],
     output: ir.Value,
+    name: str | None = None,
 ) -> ir.Node:
     """Replace `old_nodes` (the last one produces `output`) by one rebuilt default-domain node.
 
-    The new node keeps `output`'s name, type and shape, and the first old node's name.
+    The new node keeps `output`'s name, type and shape, and `name` or the first old node's name.
     """
     last = old_nodes[-1]
     graph = last.graph
@@ -181,7 +182,7 @@ def replace_node(
         list(inputs),
         attributes=list(attributes.values()),
         num_outputs=1,
-        name=old_nodes[0].name,
+        name=old_nodes[0].name if name is None else name,
     )
     ir.convenience.replace_nodes_and_values(graph, last, list(old_nodes), [new], [output], new.outputs)
     return new
