@@ -20,7 +20,7 @@ O2 = (
     "infer-shapes,"
     "fixpoint{max-iters=4}("
     "fold-constants,fold-shapes,onnxscript-rewrite,eliminate-noops,eliminate-identity,eliminate-casts,"
-    "eliminate-transposes,eliminate-reshapes,merge-unsqueezes,fold-batchnorm,fuse-conv-affine,fuse-conv-bias,fuse-matmul-add,cse,dce"
+    "eliminate-transposes,eliminate-reshapes,merge-unsqueezes,fold-batchnorm,div-to-mul,fuse-conv-affine,fuse-conv-bias,fuse-matmul-add,cse,dce"
     "),"
     "lift-constants,dedup-initializers,dce"
 )

@@ -15,6 +15,7 @@ from onnxpress.passes.cleanup.eliminate_reshapes import EliminateReshapesPass
 from onnxpress.passes.cleanup.eliminate_transposes import EliminateTransposesPass
 from onnxpress.passes.cleanup.fold_batchnorm import FoldBatchNormPass
 from onnxpress.passes.cleanup.fold_shapes import FoldShapesPass
+from onnxpress.passes.cleanup.div_to_mul import DivToMulPass
 from onnxpress.passes.cleanup.fuse_conv_affine import FuseConvAffinePass
 from onnxpress.passes.cleanup.fuse_conv_bias import FuseConvBiasPass
 from onnxpress.passes.cleanup.fuse_matmul_add import FuseMatMulAddPass
@@ -31,6 +32,7 @@ __all__ = [
     "EliminateTransposesPass",
     "FoldBatchNormPass",
     "FoldShapesPass",
+    "DivToMulPass",
     "FuseConvAffinePass",
     "FuseConvBiasPass",
     "FuseMatMulAddPass",

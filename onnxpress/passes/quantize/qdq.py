@@ -181,6 +181,11 @@ class QuantizeQdqPass(Pass):
                 plan = place(model, found.float_nodes)
         built = Builder(model, plan, opts, symmetric_acts, domain).build()
         built.apply()
+        # equal scales / zero points / constant operands (every `/ 6` of a hard-swish) become one
+        # initializer each: a few hundred bytes apiece, a visible share of a small model's size
+        from onnxpress.passes.cleanup.dedup_initializers import DeduplicateInitializersPass
+
+        merged = DeduplicateInitializersPass().run(model, am).stats.get("merged", 0)
 
         stats.update(
             ops_quantized=pl.count_by_type(plan.nodes),
@@ -203,6 +208,7 @@ class QuantizeQdqPass(Pass):
             calibration=opts.calibration,
             weight_bytes_before=bytes_before,
             weight_bytes_after=weight_bytes(model),
+            initializers_merged=merged,
         )
         stats["size_ratio"] = round(stats["weight_bytes_after"] / max(bytes_before, 1), 4)
         modified = bool(plan.nodes or plan.shared_nodes or plan.table_gathers or stats.get("opset"))
