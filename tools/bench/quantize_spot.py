@@ -54,9 +54,10 @@ def main(argv: list[str] | None = None) -> int:
               + f" sqnr={bench.sqnr_db(reference, got):.1f}dB size={out.stat().st_size / spec.src.stat().st_size:.3f}"
               f"  {seconds:.1f} s", flush=True)
         for record in result.report.passes:
-            fallback = (record.get("stats") or {}).get("fallback")
-            if fallback:
-                print(f"  fallback: {fallback}", flush=True)
+            for key in ("fallback", "bias_correction"):
+                found = (record.get("stats") or {}).get(key)
+                if found:
+                    print(f"  {key}: {found}", flush=True)
     if args.latency:
         times = pruning.measure_latency(paths, spec.latency_feed, args.latency)
         base = times["fp32"]["median_ms"]
