@@ -606,7 +606,7 @@ def render(results: dict[str, Any], args, started: str, total_s: float, runs: li
         head = [f"Measured {started} on {common.machine_line()} (shared with other jobs), in one run "
                 f"({total_s / 60:.1f} min) of:", "", "```", "python tools/fetch_models.py --out bench_out/models",
                 command, "```"]
-        commit = common.git_commit()
+        commit = getattr(args, "commit", None) or common.git_commit()
     lines = [
         *head,
         "",
@@ -615,7 +615,7 @@ def render(results: dict[str, Any], args, started: str, total_s: float, runs: li
         "How to read: every ratio is against the lossless `O2` model of the same network. *ours R* = "
         "`O2,prune-channels{ratio=R}` (L2 group importance, uniform); *+LS* = the same with "
         "`reconstruct=true max-samples=N` and calibration data (a set disjoint from the evaluation set; "
-        "the refit's defaults: sequential, ridge 0.03); *obs+LS* = `importance=obs reconstruct=true` "
+        "the refit's defaults: sequential, ridge chosen per layer on held-out calibration feeds); *obs+LS* = `importance=obs reconstruct=true` "
         "(channels ranked by the output error their removal leaves after the refit: greedy structured "
         "Optimal Brain Surgeon on the same calibration data); *sens+obs+LS* = the same with "
         "`scope=sensitivity` (per-group ratios from each group's measured output error when pruned alone, "
@@ -687,6 +687,7 @@ def main(argv: list[str] | None = None) -> int:
     work = Path(args.work)
     (work / "models").mkdir(parents=True, exist_ok=True)
     started, t0 = common.today(), time.perf_counter()
+    args.commit = common.git_commit()  # the code this run imports; later commits do not change it
     specs = build_specs(Path(args.models), work, set(args.only.split(",")) if args.only else None)
     results: dict[str, Any] = {}
     body = ""
@@ -728,7 +729,7 @@ def _write(results: dict[str, Any], args, started: str, total: float, left: list
     if args.json:
         Path(args.json).parent.mkdir(parents=True, exist_ok=True)
         Path(args.json).write_text(json.dumps({"started": started, "seconds": total, "results": results,
-                                               "argv": " ".join(["python", *sys.argv]), "commit": common.git_commit()},
+                                               "argv": " ".join(["python", *sys.argv]), "commit": args.commit},
                                               indent=1, default=str))
     body = render(results, args, started, total)
     if left:
