@@ -137,7 +137,7 @@ def output_sqnr_db(reference: Sequence[Mapping[str, Any]], results: Sequence[Map
     return worst
 
 
-def _node_keys(model: ir.Model) -> dict[ir.Node, tuple[int, int]]:
+def node_keys(model: ir.Model) -> dict[ir.Node, tuple[int, int]]:
     return {node: (gi, ni) for gi, graph in enumerate(pl.graphs_of(model)) for ni, node in enumerate(graph)}
 
 
@@ -172,7 +172,7 @@ def choose_float_nodes(
         return FallbackResult({}, stats)
     ranked = rank_tensors(plan, ranges, act_type, symmetric)
     touching = nodes_touching(plan)
-    keys = _node_keys(model)
+    keys = node_keys(model)
     measured: list[float] = []
 
     def float_set(tensors: Sequence[ir.Value]) -> dict[ir.Node, str]:
@@ -184,7 +184,7 @@ def choose_float_nodes(
 
     def trial(tensors: Sequence[ir.Value]) -> float:
         clone = model.clone()
-        by_key = {key: node for node, key in _node_keys(clone).items()}
+        by_key = {key: node for node, key in node_keys(clone).items()}
         quantize_clone(clone, {by_key[keys[n]]: reason for n, reason in float_set(tensors).items()})
         try:
             sqnr = output_sqnr_db(reference, ctx.runner.run(clone, feeds), names)

@@ -3,7 +3,7 @@
 `quantize-qdq{activations=uint8 weights=int8 per-channel=true symmetric-activations=false
 symmetric-weights=true calibration=percentile percentile=99.999 exclude= bias=int32 force=false
 range-ratio=100 max-samples=64 upgrade-opset=true fallback=auto target-sqnr=20 max-float=16
-fallback-samples=8 fallback-trials=24 max-float-macs=0.05}`
+fallback-samples=8 fallback-trials=24 max-float-macs=0.05 if-slower=warn}`
 
 Steps: refuse models that are already quantized (unless `force`); list the nodes the backend's
 `Capabilities.qdq_ops` could run quantized (`placement.candidates`); make sure the opset can
@@ -13,7 +13,9 @@ that would set scales (`calibration.calibrate`, streaming); decide placement fro
 (`placement.place`); with `fallback=auto`, keep float the few tensors whose quantization noise
 costs the most output fidelity, measured on clones until the output SQNR on the calibration feeds
 reaches `target-sqnr` dB (`fallback.choose_float_nodes`; at most `max-float` tensors and
-`max-float-macs` of the quantized MACs); then `qdq_build.Builder` computes every scale and integer
+`max-float-macs` of the quantized MACs); time the model quantized so against the float one on
+the context's runner (`speed.compare_latency`) and, where it is not faster, warn (`if-slower=warn`)
+or leave the model float (`if-slower=keep-float`); then `qdq_build.Builder` computes every scale and integer
 tensor and only then edits the model (activations Q -> DQ; weights as integer initializers + DQ;
 constant Add / Mul operands and Gather tables in the activation type; int32 biases).
 """
@@ -35,6 +37,7 @@ from onnxpress.passes.base import Pass, PassResult, Tolerance
 from onnxpress.passes.cleanup import _util as u
 from onnxpress.passes.manager import PassContext
 from onnxpress.passes.quantize import fallback as fb
+from onnxpress.passes.quantize.speed import compare_latency
 from onnxpress.passes.quantize import placement as pl
 from onnxpress.passes.quantize import quant_math as qm
 from onnxpress.passes.quantize.calibration import calibrate
@@ -50,6 +53,8 @@ WEIGHT_TYPES = ("int8", "uint8")
 CALIBRATION_METHODS = ("percentile", "minmax", "entropy")
 BIAS_MODES = ("int32", "float")
 FALLBACK_MODES = ("auto", "none")
+#: What to do when the quantized model is not faster than the float one on the target (measured).
+IF_SLOWER_MODES = ("warn", "keep-float", "ignore")
 
 #: Opsets: QuantizeLinear exists from 10, `axis` (per-channel) from 13, 16-bit types from 21.
 OPSET_QDQ, OPSET_PER_CHANNEL, OPSET_16BIT = 10, 13, 21
@@ -98,6 +103,7 @@ class QuantizeQdqPass(Pass):
         fallback_samples: int = 8
         fallback_trials: int = 24
         max_float_macs: float = 0.05
+        if_slower: str = "warn"
 
         def __post_init__(self) -> None:
             if not 0.0 <= self.max_float_macs <= 1.0:
@@ -106,6 +112,7 @@ class QuantizeQdqPass(Pass):
                 raise ValueError("max-float and fallback-trials must be at least 0, fallback-samples at least 1")
             for key, value, allowed in (
                 ("fallback", self.fallback, FALLBACK_MODES),
+                ("if-slower", self.if_slower, IF_SLOWER_MODES),
                 ("activations", self.activations, ACTIVATION_TYPES),
                 ("weights", self.weights, WEIGHT_TYPES),
                 ("calibration", self.calibration, CALIBRATION_METHODS),
@@ -170,6 +177,7 @@ class QuantizeQdqPass(Pass):
             Builder(clone, place(clone, keep_float), opts, symmetric_acts, domain).build().apply()
 
         plan = place(model)
+        keep_float: dict[ir.Node, str] = {}
         if opts.fallback == "auto" and plan.tensors:
             found = fb.choose_float_nodes(
                 model, ctx, plan, self._histograms(model, ctx, plan, ranges), quantize_clone,
@@ -179,6 +187,19 @@ class QuantizeQdqPass(Pass):
             stats["fallback"] = found.stats
             if found.float_nodes:
                 plan = place(model, found.float_nodes)
+                keep_float = found.float_nodes
+        if opts.if_slower != "ignore" and (plan.nodes or plan.shared_nodes):
+            stats["speed"] = self._speed(model, ctx, keep_float, quantize_clone)
+            ratio = stats["speed"].get("ratio")
+            if ratio is not None and ratio > 1.0:
+                message = (f"quantize-qdq: the quantized model took {ratio:.2f}x the float model's time on this "
+                           f"target ({stats['speed']['quantized_ms']:.3g} vs {stats['speed']['float_ms']:.3g} ms, "
+                           f"threads: {stats['speed']['threads']}): its integer kernels do not pay here")
+                if opts.if_slower == "keep-float":
+                    ctx.diagnose(message + "; the model stays float (if-slower=keep-float)")
+                    stats["kept_float_model"] = True
+                    return PassResult(model, bool(stats.get("opset")), stats)
+                ctx.diagnose(message + "; quantized anyway for size (if-slower=keep-float keeps it float)")
         built = Builder(model, plan, opts, symmetric_acts, domain).build()
         built.apply()
         # equal scales / zero points / constant operands (every `/ 6` of a hard-swish) become one
@@ -228,6 +249,21 @@ class QuantizeQdqPass(Pass):
         names = [v.name for v in plan.tensors if v.name in ranges]
         return calibrate(model, ctx, names, method="percentile", percentile=100.0, limit=opts.max_samples,
                          cache_dir=ctx.config.get("calibration_cache_dir"))
+
+    @staticmethod
+    def _speed(model: ir.Model, ctx: PassContext, keep_float: dict[ir.Node, str],
+               quantize_clone: Any) -> dict[str, Any]:
+        """Latency of the model quantized as planned (built on a clone) vs float, on the context's runner."""
+        if not hasattr(ctx.runner, "session"):
+            return {"skipped": "the runner cannot time sessions"}
+        clone = model.clone()
+        by_key = {key: node for node, key in fb.node_keys(clone).items()}
+        keys = fb.node_keys(model)
+        quantize_clone(clone, {by_key[keys[n]]: reason for n, reason in keep_float.items()})
+        try:
+            return compare_latency(ctx.runner, model, clone, ctx.feeds(1)[0])
+        except Exception as e:  # noqa: BLE001 - timing is advisory: a failure is reported, not fatal
+            return {"skipped": f"timing failed: {str(e).splitlines()[0][:200] if str(e) else type(e).__name__}"}
 
     def _prepare_opset(self, model: ir.Model, ctx: PassContext, stats: dict[str, Any]) -> tuple[bool, str] | None:
         """(per_channel, Q/DQ domain) the model's opset allows, upgrading it where asked and safe.
