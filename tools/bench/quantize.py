@@ -10,8 +10,9 @@ Models: PP-OCRv4 det (1x3x640x640) / rec (1x3x48x320), PP-OCR cls (1x3x48x192), 
 Variants of every model (each produced in its own fresh subprocess, so that its wall time and peak
 RSS belong to that one quantization run):
 
-  ours pct / ours minmax   `O2,quantize-qdq{calibration=percentile|minmax}` (CPU defaults: uint8
-                           asymmetric activations, int8 symmetric per-channel weights, int32 bias)
+  ours int8                `O2,quantize-qdq` (CPU defaults: uint8 asymmetric activations, int8
+                           symmetric per-channel weights, int32 bias, calibration=auto, fallback=auto)
+  ours pct / ours minmax   the same with `calibration=percentile|minmax`
   ours dynamic             `O2,quantize-dynamic`
   ORT static minmax / pct  `quant_pre_process` then `quantize_static` (QDQ, per_channel=True, QUInt8
                            activations, QInt8 weights, MinMax / Percentile) with a
@@ -182,8 +183,9 @@ def load_feeds(path: str | Path) -> list[dict[str, np.ndarray]]:
 def variants_for(spec: Spec) -> dict[str, dict[str, Any]]:
     v: dict[str, dict[str, Any]] = {
         "onnxpress O2 (fp32)": {"kind": "ours", "pipeline": "O2"},
+        "ours int8": {"kind": "ours", "pipeline": "O2,quantize-qdq"},
+        "ours int8 no fallback": {"kind": "ours", "pipeline": "O2,quantize-qdq{fallback=none}"},
         "ours int8 pct": {"kind": "ours", "pipeline": "O2,quantize-qdq{calibration=percentile}"},
-        "ours int8 pct no fallback": {"kind": "ours", "pipeline": "O2,quantize-qdq{calibration=percentile fallback=none}"},
         "ours int8 minmax": {"kind": "ours", "pipeline": "O2,quantize-qdq{calibration=minmax}"},
         "ORT static minmax": {"kind": "ort_static", "method": "MinMax"},
         "ORT static pct": {"kind": "ort_static", "method": "Percentile"},
@@ -555,7 +557,7 @@ def targets(results: dict[str, Any]) -> list[str]:
     out = []
     for key, res in results.items():
         vs, task = res["variants"], res["task"]
-        ours = vs.get("ours int8 pct", {})
+        ours = vs.get("ours int8", {})
         ort_all = [(n, v) for n, v in vs.items() if n.startswith("ORT static") and "fidelity" in v]
         if "fidelity" not in ours:
             why = ours.get("error") or ours.get("fidelity_error") or "no result"
@@ -577,7 +579,7 @@ def targets(results: dict[str, Any]) -> list[str]:
                 f"({'met' if fast else 'missed'}), size {ours['size_ratio']:.3f} vs {v['size_ratio']:.3f} "
                 f"({'met' if small else 'missed'}), fidelity {of[task]:.3f} / {of['sqnr_db']:.1f} dB vs "
                 f"{f[task]:.3f} / {f['sqnr_db']:.1f} dB ({'met' if faithful else 'missed'})")
-        out.append(f"- {res['label']}, ours int8 (percentile, the default): " + "; ".join(cells) + ".")
+        out.append(f"- {res['label']}, ours int8 (the defaults): " + "; ".join(cells) + ".")
         if "ORT int4 RTN" in vs and "fidelity" in vs["ORT int4 RTN"]:
             r = vs["ORT int4 RTN"]["fidelity"]
             for n in ("ours int4 RTN", "ours int4 RTN qdq", "ours int4 GPTQ"):
@@ -602,13 +604,18 @@ def render(results: dict[str, Any], args, started: str, total_s: float) -> str:
         "Versions: " + ", ".join(f"{k} {v}" for k, v in vers.items()) + ". onnxpress at "
         + os.environ.get("QUANT_BENCH_COMMIT", common.git_commit()) + ".",
         "",
-        "How to read. *ours int8 pct / minmax* = `onnxpress.optimize(model, \"O2,quantize-qdq{calibration=percentile|minmax}\", "
-        "data=calibration feeds, verify=\"none\")` (uint8 asymmetric activations, int8 symmetric per-channel weights, "
-        "int32 bias, constant Add / Mul operands and Gather tables in uint8; percentile 99.999 is the default; so is "
-        "`fallback=auto`: the few tensors whose quantization noise costs the most output SQNR on the calibration "
-        "feeds stay float, chosen by measured trials, up to a target of 20 dB, 16 tensors and 5 % of the quantized "
-        "MACs; the pass's stats list them); *ours int8 pct no fallback* = the same with `fallback=none` (every op the "
-        "rules allow quantized); *ours dynamic* = `O2,quantize-dynamic`; *ORT static* = "
+        "How to read. *ours int8* = `onnxpress.optimize(model, \"O2,quantize-qdq\", data=calibration feeds, "
+        "verify=\"none\")` with every default: uint8 asymmetric activations, int8 symmetric per-channel weights, "
+        "int32 bias, constant Add / Mul operands and Gather tables in uint8; `calibration=auto` (ranges from one "
+        "histogram pass clipped three ways — percentile 99.999, percentile 99.99, least-error `mse` — and the one whose "
+        "quantized model has the best output SQNR on the calibration feeds kept; the choice is named below each "
+        "table); `fallback=auto` (the few tensors whose quantization noise costs the most output SQNR on the "
+        "calibration feeds stay float, chosen by measured trials, up to a target of 20 dB, 16 tensors, 5 % of the "
+        "quantized MACs and a timed slowdown of 5 % over the all-integer model; the pass's stats list them); "
+        "`if-slower=warn` (the quantized model is timed against the float one on the runner, and a slower one is "
+        "reported in the notes below); *ours int8 no fallback* = the same with `fallback=none` (every op the rules "
+        "allow quantized); *ours int8 pct / minmax* = the defaults with `calibration=percentile` (99.999) / "
+        "`minmax`; *ours dynamic* = `O2,quantize-dynamic`; *ORT static* = "
         "`quant_pre_process` then `quantize_static(quant_format=QDQ, per_channel=True, activation_type=QUInt8, "
         "weight_type=QInt8, calibrate_method=MinMax|Percentile)` with a CalibrationDataReader over the same feeds; "
         "‡ = ORT's quantizer failed on the original model (see below) and the row is its retry on the model upgraded "
@@ -638,6 +645,24 @@ def render(results: dict[str, Any], args, started: str, total_s: float) -> str:
         lines += [f"### {res['label']}", "", f"Data: {res['data_note']}. Latency: median of {res.get('rounds')} rounds.", "",
                   model_table(res, args.default_threads), ""]
         b = res["base"]["fidelity"]
+        for record in res["variants"].get("ours int8", {}).get("passes", []):
+            st = record.get("stats") or {}
+            parts = []
+            if st.get("calibration_choice", {}).get("chosen"):
+                c = st["calibration_choice"]
+                parts.append(f"calibration=auto chose {c['chosen']} (output SQNR on {c['samples']} calibration feeds: "
+                             + ", ".join(f"{k} {v:.1f} dB" for k, v in c["sqnr_db"].items()) + ")")
+            if st.get("fallback", {}).get("trials"):
+                f = st["fallback"]
+                parts.append(f"fallback kept {len(f['float_tensors'])} tensor(s) / {f['float_nodes']} node(s) float "
+                             f"({', '.join(f['float_tensors']) or 'none'}), SQNR {f['sqnr_db_all_quantized']:.1f} → "
+                             f"{f['sqnr_db']:.1f} dB, timed slowdown {f.get('slowdown', 1.0):.3f}"
+                             + (f", left quantized as too slow: {', '.join(f['too_slow'])}" if f.get("too_slow") else ""))
+            if st.get("speed", {}).get("ratio") is not None:
+                parts.append(f"its own timing: quantized / float {st['speed']['ratio']:.2f}× "
+                             f"(threads: {st['speed']['threads']})")
+            if parts:
+                lines += ["*ours int8*: " + "; ".join(parts) + ".", ""]
         if key == "ppocrv4_rec":
             lines += ["Decoded-text agreement (trimmed): the CTC-greedy strings of variant and fp32 compared after "
                       "stripping leading / trailing spaces; the exact-string column compares them as they are. The "

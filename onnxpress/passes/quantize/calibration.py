@@ -11,7 +11,7 @@ Per batch there are at most two passes over the data:
 1. running min/max, and a histogram of the float32 *binary exponents* (sign and octave of every
    element: 512 exact counters). The octave histogram finds **sentinels** — mask constants such as
    -3.4e38, -1e9, ±inf that would otherwise set the scale — and bounds the range of the rest;
-2. (percentile and entropy, or when sentinels must be cut out; only the values that need it are
+2. (percentile, entropy and mse, or when sentinels must be cut out; only the values that need it are
    exposed) a fixed-range histogram of `num_bins` bins over the pass-1 range with sentinels
    excluded, and the exact min/max of what is kept.
 
@@ -19,7 +19,9 @@ Methods: `minmax` (exact min/max), `percentile` (two-sided: each tail holds (100
 values; interpolated inside a histogram bin), `entropy` (the KL-divergence threshold search of
 TensorRT's int8 calibrator on the histogram of nonzero |x| — exact zeros are exact under any
 scale, and a post-ReLU spike at 0 would otherwise drag the clip down — vectorised over all
-candidate thresholds; any histogram works, including all-zero, constant and few-valued tensors).
+candidate thresholds; any histogram works, including all-zero, constant and few-valued tensors),
+`mse` (per tensor, the two-sided clip — each tail at 0 to 1 % of the values — whose 8-bit
+rounding plus clipping error over the signed histogram is least: `ranges.mse_range`).
 
 Sentinels: with octave resolution, a magnitude is a sentinel when it is > ~1e4× the 99.99th
 percentile of nonzero |x| (always above 2^13×, always flagged from 2^15×), or when it is at least 1e3 and sits above an
@@ -75,7 +77,7 @@ __all__ = [
 
 logger = logging.getLogger(__name__)
 
-METHODS = ("minmax", "percentile", "entropy")
+METHODS = ("minmax", "percentile", "entropy", "mse")
 #: Captured bytes one runner call may return, and one batch may hold per feed. Peak memory above
 #: the feeds is about 3× this (ORT's output buffers and the copies handed back coexist, and the
 #: previous feed's values are still referenced while the next call runs): ~200 MB at 64 MiB.

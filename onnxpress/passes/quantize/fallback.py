@@ -156,9 +156,16 @@ def choose_float_nodes(
     max_trials: int = 24,
     min_gain_db: float = 0.5,
     max_float_macs: float = 1.0,
+    timer: Callable[[ir.Model, ir.Model], float] | None = None,
+    max_slowdown: float = 0.05,
 ) -> FallbackResult:
     """Tensors (noisiest first, kept only where a measured trial gains) whose nodes stay float, chosen
-    greedily until the output SQNR reaches `target_db` or a budget runs out."""
+    greedily until the output SQNR reaches `target_db` or a budget runs out.
+
+    With a `timer` (latency of a clone relative to another, measured on the target), a tensor is
+    also kept only while the model with every chosen tensor float stays within `max_slowdown` of
+    the all-quantized one: a float island costs Quantize / Dequantize passes over its tensors and
+    breaks the runtime's integer fusions, which MACs do not show."""
     feeds = ctx.feeds(samples)
     names = [v.name for v in model.graph.outputs if v.dtype == ir.DataType.FLOAT]
     stats: dict[str, Any] = {"target_db": target_db, "samples": len(feeds)}
@@ -182,6 +189,8 @@ def choose_float_nodes(
                 chosen.setdefault(node, SENSITIVE)
         return chosen
 
+    clones: list[ir.Model] = []
+
     def trial(tensors: Sequence[ir.Value]) -> float:
         clone = model.clone()
         by_key = {key: node for node, key in node_keys(clone).items()}
@@ -193,10 +202,14 @@ def choose_float_nodes(
                            str(e).splitlines()[0][:200])
             sqnr = -math.inf
         measured.append(sqnr)
+        clones[:] = [clone]
         logger.debug("fallback: %d tensor(s) float -> output SQNR %.1f dB", len(tensors), sqnr)
         return sqnr
 
     start = best = trial([])
+    all_quantized = clones[0]
+    slowdown = 1.0
+    too_slow: list[str] = []
     if start == -math.inf:
         stats["skipped"] = "the runner failed on the quantized clone"
         return FallbackResult({}, stats)
@@ -213,8 +226,13 @@ def choose_float_nodes(
             continue  # would give too much integer compute back to float: too slow
         sqnr = trial([*chosen_tensors, value])
         if sqnr >= best + min_gain_db:
+            ratio = timer(all_quantized, clones[0]) if timer is not None else 1.0
+            if ratio > 1.0 + max_slowdown:
+                too_slow.append(value.name)
+                logger.debug("fallback: %s left quantized: %.2fx slower with it float", value.name, ratio)
+                continue
             chosen_tensors.append(value)
-            best = sqnr
+            best, slowdown = sqnr, ratio
     chosen = float_set(chosen_tensors)
     stats.update(
         sqnr_db_all_quantized=round(start, 2),
@@ -225,6 +243,8 @@ def choose_float_nodes(
         float_macs_fraction=round(sum(macs.get(n, 0) for n in chosen) / max(sum(macs.values()), 1), 4),
         trials=len(measured),
     )
+    if timer is not None:
+        stats.update(slowdown=round(slowdown, 3), max_slowdown=max_slowdown, too_slow=too_slow[:16])
     logger.info("fallback: %d tensor(s) / %d node(s) kept float, output SQNR %.1f -> %.1f dB (target %.1f, %d trials)",
                 len(chosen_tensors), len(chosen), start, best, target_db, len(measured))
     return FallbackResult(chosen, stats)

@@ -1,19 +1,23 @@
 """QuantizeQdqPass: static post-training quantization in QDQ form, placed where the target fuses it.
 
 `quantize-qdq{activations=uint8 weights=int8 per-channel=true symmetric-activations=false
-symmetric-weights=true calibration=percentile percentile=99.999 exclude= bias=int32 force=false
+symmetric-weights=true calibration=auto percentile=99.999 exclude= bias=int32 force=false
 range-ratio=100 max-samples=64 upgrade-opset=true fallback=auto target-sqnr=20 max-float=16
-fallback-samples=8 fallback-trials=24 max-float-macs=0.05 if-slower=warn}`
+fallback-samples=8 fallback-trials=24 max-float-macs=0.05 max-slowdown=0.05 if-slower=warn}`
 
 Steps: refuse models that are already quantized (unless `force`); list the nodes the backend's
 `Capabilities.qdq_ops` could run quantized (`placement.candidates`); make sure the opset can
 express what is asked (per-channel needs 13, 16-bit needs 21: upgrade with onnx's version converter
 when that is safe, else per-tensor / com.microsoft Q/DQ, with a diagnostic); calibrate the tensors
-that would set scales (`calibration.calibrate`, streaming); decide placement from the ranges
+that would set scales (`calibration.calibrate`, streaming; `calibration=auto` derives from the
+same histograms the ranges of percentile 99.999, percentile 99.99 and the least-error clip `mse`,
+quantizes a clone with each and keeps the one with the best output SQNR on the calibration feeds:
+transformers need their outlier channels, CNN detectors want their long tails clipped); decide placement from the ranges
 (`placement.place`); with `fallback=auto`, keep float the few tensors whose quantization noise
 costs the most output fidelity, measured on clones until the output SQNR on the calibration feeds
 reaches `target-sqnr` dB (`fallback.choose_float_nodes`; at most `max-float` tensors and
-`max-float-macs` of the quantized MACs); time the model quantized so against the float one on
+`max-float-macs` of the quantized MACs, and, timed on the runner, at most `max-slowdown` slower than
+the all-quantized model); time the model quantized so against the float one on
 the context's runner (`speed.compare_latency`) and, where it is not faster, warn (`if-slower=warn`)
 or leave the model float (`if-slower=keep-float`); then `qdq_build.Builder` computes every scale and integer
 tensor and only then edits the model (activations Q -> DQ; weights as integer initializers + DQ;
@@ -37,6 +41,7 @@ from onnxpress.passes.base import Pass, PassResult, Tolerance
 from onnxpress.passes.cleanup import _util as u
 from onnxpress.passes.manager import PassContext
 from onnxpress.passes.quantize import fallback as fb
+from onnxpress.passes.quantize.ranges import reclip
 from onnxpress.passes.quantize.speed import compare_latency
 from onnxpress.passes.quantize import placement as pl
 from onnxpress.passes.quantize import quant_math as qm
@@ -50,7 +55,9 @@ logger = logging.getLogger(__name__)
 
 ACTIVATION_TYPES = ("uint8", "int8", "uint16", "int16")
 WEIGHT_TYPES = ("int8", "uint8")
-CALIBRATION_METHODS = ("percentile", "minmax", "entropy")
+CALIBRATION_METHODS = ("percentile", "minmax", "entropy", "mse", "auto")
+#: What `calibration=auto` chooses among, all derived from one percentile histogram pass.
+AUTO_CLIPS = (("percentile", 99.999), ("percentile", 99.99), ("mse", None))
 BIAS_MODES = ("int32", "float")
 FALLBACK_MODES = ("auto", "none")
 #: What to do when the quantized model is not faster than the float one on the target (measured).
@@ -89,7 +96,7 @@ class QuantizeQdqPass(Pass):
         per_channel: bool = True
         symmetric_activations: bool = False
         symmetric_weights: bool = True
-        calibration: str = "percentile"
+        calibration: str = "auto"
         percentile: float = 99.999
         exclude: tuple[str, ...] = ()
         bias: str = "int32"
@@ -104,10 +111,13 @@ class QuantizeQdqPass(Pass):
         fallback_trials: int = 24
         max_float_macs: float = 0.05
         if_slower: str = "warn"
+        max_slowdown: float | None = 0.05
 
         def __post_init__(self) -> None:
             if not 0.0 <= self.max_float_macs <= 1.0:
                 raise ValueError(f"max-float-macs is a fraction in [0, 1], got {self.max_float_macs}")
+            if self.max_slowdown is not None and self.max_slowdown < 0:
+                raise ValueError(f"max-slowdown is a fraction >= 0 (or none), got {self.max_slowdown}")
             if self.max_float < 0 or self.fallback_samples < 1 or self.fallback_trials < 0:
                 raise ValueError("max-float and fallback-trials must be at least 0, fallback-samples at least 1")
             for key, value, allowed in (
@@ -164,17 +174,25 @@ class QuantizeQdqPass(Pass):
 
         cands = pl.candidates(model, qdq_ops)
         names = pl.tensors_to_calibrate(model, cands, excluded)
-        ranges = calibrate(model, ctx, names, method=opts.calibration, percentile=opts.percentile,
+        method = "percentile" if opts.calibration == "auto" else opts.calibration
+        ranges = calibrate(model, ctx, names, method=method, percentile=opts.percentile,
                            limit=opts.max_samples, cache_dir=ctx.config.get("calibration_cache_dir"))
         float_bias = opts.bias == "float" or bool(caps is not None and caps.float_bias)
         symmetric_acts = opts.symmetric_activations or bool(caps is not None and caps.symmetric_activations_only)
 
-        def place(target: ir.Model, keep_float: dict[ir.Node, str] | None = None) -> pl.Plan:
-            return pl.place(target, pl.candidates(target, qdq_ops), ranges, excluded, range_ratio=opts.range_ratio,
-                            per_channel=per_channel, quantize_bias=not float_bias, keep_float=keep_float)
+        def place(target: ir.Model, keep_float: dict[ir.Node, str] | None = None, using: Any = None) -> pl.Plan:
+            return pl.place(target, pl.candidates(target, qdq_ops), ranges if using is None else using, excluded,
+                            range_ratio=opts.range_ratio, per_channel=per_channel, quantize_bias=not float_bias,
+                            keep_float=keep_float)
 
         def quantize_clone(clone: ir.Model, keep_float: dict[ir.Node, str]) -> None:
             Builder(clone, place(clone, keep_float), opts, symmetric_acts, domain).build().apply()
+
+        if opts.calibration == "auto":
+            def quantize_with(clone: ir.Model, using: Any) -> None:
+                Builder(clone, place(clone, using=using), opts, symmetric_acts, domain).build().apply()
+
+            ranges, stats["calibration_choice"] = self._choose_clipping(model, ctx, ranges, quantize_with)
 
         plan = place(model)
         keep_float: dict[ir.Node, str] = {}
@@ -183,7 +201,8 @@ class QuantizeQdqPass(Pass):
                 model, ctx, plan, self._histograms(model, ctx, plan, ranges), quantize_clone,
                 act_type=qm.quant_type(opts.activations), symmetric=symmetric_acts, target_db=opts.target_sqnr,
                 max_float=opts.max_float, samples=opts.fallback_samples, max_trials=opts.fallback_trials,
-                max_float_macs=opts.max_float_macs)
+                max_float_macs=opts.max_float_macs, timer=self._timer(ctx, opts.max_slowdown),
+                max_slowdown=opts.max_slowdown or 0.0)
             stats["fallback"] = found.stats
             if found.float_nodes:
                 plan = place(model, found.float_nodes)
@@ -244,11 +263,52 @@ class QuantizeQdqPass(Pass):
 
         Percentile calibration already has them; otherwise one percentile-100 pass measures them."""
         opts = self.options
-        if opts.calibration == "percentile":
+        if opts.calibration in ("percentile", "mse", "auto"):  # signed histograms already
             return ranges
         names = [v.name for v in plan.tensors if v.name in ranges]
         return calibrate(model, ctx, names, method="percentile", percentile=100.0, limit=opts.max_samples,
                          cache_dir=ctx.config.get("calibration_cache_dir"))
+
+    def _choose_clipping(self, model: ir.Model, ctx: PassContext, ranges: dict[str, Any],
+                         quantize_with: Any) -> tuple[dict[str, Any], dict[str, Any]]:
+        """`calibration=auto`: the clipping rule (AUTO_CLIPS, re-derived from the same histograms)
+        whose quantized model has the best output SQNR on the fallback feeds; (ranges, stats)."""
+        feeds = ctx.feeds(self.options.fallback_samples)
+        outputs = [v.name for v in model.graph.outputs if v.dtype == ir.DataType.FLOAT]
+        if not feeds or not outputs:
+            return ranges, {"skipped": "no feeds or no float outputs"}
+        try:
+            reference = ctx.runner.run(model, feeds)
+        except Exception as e:  # noqa: BLE001 - keep the percentile ranges
+            return ranges, {"skipped": f"the runner failed on the float model: {str(e).splitlines()[0][:200]}"}
+        scores: dict[str, float] = {}
+        options: dict[str, dict[str, Any]] = {}
+        for method, percentile in AUTO_CLIPS:
+            label = f"percentile {percentile:g}" if method == "percentile" else method
+            options[label] = {name: reclip(r, method, percentile) for name, r in ranges.items()}
+            clone = model.clone()
+            quantize_with(clone, options[label])
+            try:
+                scores[label] = round(fb.output_sqnr_db(reference, ctx.runner.run(clone, feeds), outputs), 2)
+            except Exception:  # noqa: BLE001 - a candidate the runner rejects is not chosen
+                scores[label] = float("-inf")
+        chosen = max(scores, key=scores.get)
+        logger.info("quantize-qdq: calibration=auto chose %s (output SQNR %s)", chosen, scores)
+        return options[chosen], {"chosen": chosen, "sqnr_db": scores, "samples": len(feeds)}
+
+    @staticmethod
+    def _timer(ctx: PassContext, max_slowdown: float | None) -> Any:
+        """Latency of one clone relative to another on the context's runner, or None (not timed)."""
+        if max_slowdown is None or not hasattr(ctx.runner, "session"):
+            return None
+        feed = ctx.feeds(1)[0]
+
+        def timer(reference: ir.Model, candidate: ir.Model) -> float:
+            try:
+                return compare_latency(ctx.runner, reference, candidate, feed, budget_s=1.5)["ratio"]
+            except Exception:  # noqa: BLE001 - an untimed trial is not held against the tensor
+                return 1.0
+        return timer
 
     @staticmethod
     def _speed(model: ir.Model, ctx: PassContext, keep_float: dict[ir.Node, str],

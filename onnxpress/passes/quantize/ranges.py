@@ -99,6 +99,57 @@ def histogram_quantile(counts: np.ndarray, edges: np.ndarray, q: float) -> float
     return float(edges[i] + min(max(frac, 0.0), 1.0) * (edges[i + 1] - edges[i]))
 
 
+#: Tail fractions (of all values) `mse_range` may clip on each side.
+MSE_TAILS = (0.0, 1e-6, 1e-5, 1e-4, 1e-3, 1e-2)
+
+
+def mse_range(counts: np.ndarray, edges: np.ndarray, levels: int = 256) -> tuple[float, float]:
+    """The clipping range with the least quantization error of histogrammed data (signed histogram).
+
+    Candidates clip each tail at one of MSE_TAILS; each is widened to include 0 (as the quantizer
+    does) and scored by Σ count · (centre − dequantize(quantize(centre)))² over the bins, with
+    `levels` uniform steps (rounding inside the range, clipping outside it). Where tails are long a
+    tighter range wins (fine steps for the bulk); where they matter a wider one does.
+    """
+    counts = np.asarray(counts, np.float64)
+    centres = (np.asarray(edges[:-1], np.float64) + np.asarray(edges[1:], np.float64)) / 2
+    lows = sorted({histogram_quantile(counts, edges, t) for t in MSE_TAILS})
+    highs = sorted({histogram_quantile(counts, edges, 1.0 - t) for t in MSE_TAILS})
+    best, best_error = (float(edges[0]), float(edges[-1])), np.inf
+    for low in lows:
+        for high in highs:
+            lo, hi = min(low, 0.0), max(high, 0.0)
+            if hi <= lo:
+                continue
+            step = (hi - lo) / (levels - 1)
+            zero = np.rint(-lo / step)
+            q = np.clip(np.rint(centres / step) + zero, 0, levels - 1)
+            error = float((counts * (centres - (q - zero) * step) ** 2).sum())
+            if error < best_error:
+                best, best_error = (low, high), error
+    return best
+
+
+def reclip(rng: "TensorRange", method: str, percentile: float | None = None) -> "TensorRange":
+    """The same tensor's range under another clipping rule, from its signed histogram (no new pass).
+
+    `method` is "percentile" (with `percentile`) or "mse"; a range without a signed histogram
+    (minmax, entropy, constants) is returned unchanged.
+    """
+    if rng.histogram is None or rng.bin_edges is None or rng.method not in ("percentile", "mse"):
+        return rng
+    lo, hi = float(rng.bin_edges[0]), float(rng.bin_edges[-1])
+    if method == "mse":
+        low, high = mse_range(rng.histogram, rng.bin_edges)
+    else:
+        tail = (100.0 - float(percentile)) / 100.0
+        low = histogram_quantile(rng.histogram, rng.bin_edges, tail)
+        high = histogram_quantile(rng.histogram, rng.bin_edges, 1.0 - tail)
+    low, high = max(lo, low), min(hi, high)
+    return dataclasses.replace(rng, min=float(min(low, high)), max=float(max(low, high)), method=method,
+                               percentile=percentile if method == "percentile" else None)
+
+
 def entropy_threshold(counts: np.ndarray, edges: np.ndarray, levels: int = ENTROPY_LEVELS) -> float:
     """The |x| threshold minimising KL(P ‖ Q) over the candidate clip points of an |x| histogram.
 
@@ -317,6 +368,9 @@ def _finish(name: str, first: _FirstPass, second: _SecondPass | None, settings: 
         elif settings.method == "entropy":
             threshold = entropy_threshold(histogram, edges)
             low, high = max(lo, -threshold), min(hi, threshold)
+        elif settings.method == "mse":
+            low, high = mse_range(histogram, edges)
+            low, high = max(lo, low), min(hi, high)
     if low == high:
         flags.append("constant")
     return TensorRange(name, float(min(low, high)), float(max(low, high)), settings.method, percentile,

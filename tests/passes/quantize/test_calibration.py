@@ -385,3 +385,52 @@ def test_peak_memory_stays_bounded():
           f"all activations {stats['all'] / 2**20:.0f} MiB")
     assert stats["peak"] < 600 * 2**20
     assert stats["peak"] - stats["before"] < stats["all"] / 4
+
+
+# -- least-error clipping and re-derived ranges (calibration=mse / auto) -------------------------
+def _histogram(data: np.ndarray, bins: int = 2048) -> tuple[np.ndarray, np.ndarray]:
+    counts, edges = np.histogram(data, bins=bins, range=(float(data.min()), float(data.max())))
+    return counts.astype(np.float64), edges
+
+
+def _rounding_error(counts: np.ndarray, edges: np.ndarray, low: float, high: float) -> float:
+    centres = (edges[:-1] + edges[1:]) / 2
+    lo, hi = min(low, 0.0), max(high, 0.0)
+    step = (hi - lo) / 255
+    zero = np.rint(-lo / step)
+    q = np.clip(np.rint(centres / step) + zero, 0, 255)
+    return float((counts * (centres - (q - zero) * step) ** 2).sum())
+
+
+def test_mse_range_clips_heavy_tails_but_not_a_dense_range():
+    from onnxpress.passes.quantize.ranges import histogram_quantile, mse_range
+
+    rng = np.random.default_rng(0)
+    uniform = rng.uniform(-1.0, 3.0, 200_000)
+    low, high = mse_range(*_histogram(uniform))
+    assert low == pytest.approx(-1.0, abs=0.01) and high == pytest.approx(3.0, abs=0.01)
+    # Laplace tails: a few far values would make every step coarse; clipping them costs less
+    counts, edges = _histogram(rng.laplace(size=400_000))
+    low, high = mse_range(counts, edges)
+    assert edges[0] < low and high < edges[-1]
+    chosen = _rounding_error(counts, edges, low, high)
+    assert chosen < _rounding_error(counts, edges, edges[0], edges[-1])
+    for tail in (1e-5, 1e-3):
+        other = (histogram_quantile(counts, edges, tail), histogram_quantile(counts, edges, 1 - tail))
+        assert chosen <= _rounding_error(counts, edges, *other) + 1e-9
+
+
+def test_reclip_re_derives_percentiles_from_the_stored_histogram():
+    from onnxpress.passes.quantize.ranges import reclip
+
+    data = np.random.default_rng(1).standard_normal(400_000)
+    counts, edges = _histogram(data)
+    stored = TensorRange("t", float(data.min()), float(data.max()), "percentile", 100.0, 1, counts, edges)
+    tight = reclip(stored, "percentile", 99.0)
+    width = edges[1] - edges[0]
+    assert tight.min == pytest.approx(np.percentile(data, 1.0), abs=2 * width)
+    assert tight.max == pytest.approx(np.percentile(data, 99.0), abs=2 * width)
+    assert tight.method == "percentile" and tight.percentile == 99.0 and tight.histogram is counts
+    assert reclip(stored, "mse").method == "mse"
+    no_histogram = TensorRange("m", -1.0, 1.0, "minmax", None, 1)
+    assert reclip(no_histogram, "percentile", 99.0) is no_histogram

@@ -79,3 +79,22 @@ def test_fallback_respects_the_mac_budget_and_a_met_target():
     stats = result.stats["fallback"]
     assert stats["met"] and stats["trials"] == 1 and stats["float_nodes"] == 0
     assert "sensitive (fallback)" not in result.stats["kept_float"]
+
+
+@pytest.mark.parametrize(("ratio", "kept_float"), [(1.5, False), (1.02, True)], ids=["too-slow", "within-budget"])
+def test_fallback_leaves_quantized_what_makes_the_model_slower(monkeypatch, ratio, kept_float):
+    # the timer reports the latency with the tensor float relative to the all-quantized model
+    from onnxpress.passes.quantize import qdq as qdq_module
+
+    def timed(runner, reference, candidate, feed, **kwargs):
+        return {"float_ms": 1.0, "quantized_ms": ratio, "ratio": ratio, "rounds": 5, "threads": 1}
+
+    monkeypatch.setattr(qdq_module, "compare_latency", timed)
+    model = _outlier_model()
+    result, _, _ = quantize(model, calibration="minmax", fallback="auto", max_float_macs=1.0, max_slowdown=0.05,
+                            if_slower="ignore")
+    stats = result.stats["fallback"]
+    assert (list(stats["float_tensors"]) == ["h"]) is kept_float
+    assert stats["too_slow"] == ([] if kept_float else ["h"])
+    assert stats["slowdown"] == (ratio if kept_float else 1.0)
+    assert result.stats["ops_quantized"] == ({"MatMul": 1} if kept_float else {"MatMul": 2})

@@ -123,7 +123,7 @@ def test_per_channel_scales_per_axis():
 
 # -- options and text ---------------------------------------------------------------------------
 def test_options_validate_and_round_trip():
-    for bad in ({"activations": "int4"}, {"weights": "int16"}, {"calibration": "mse"}, {"bias": "int8"},
+    for bad in ({"activations": "int4"}, {"weights": "int16"}, {"calibration": "kl"}, {"bias": "int8"},
                 {"percentile": 0.0}, {"exclude": ("re:(",)}, {"range_ratio": 1.0}):
         with pytest.raises(ValueError):
             QuantizeQdqPass(**bad)
@@ -513,3 +513,14 @@ def test_subgraph_without_ranges_stays_float():
     assert "subgraph not calibrated" in result.stats["kept_float_nodes"].values()
     ref, got = run_both(before, model, feeds)
     assert np.abs(got - ref).max() < 0.05 * np.abs(ref).max()
+
+
+def test_calibration_auto_keeps_the_clipping_with_the_best_output_sqnr():
+    model = conv_relu_model()
+    before = model.clone()
+    result, _, feeds = quantize(model)  # the default: calibration=auto
+    choice = result.stats["calibration_choice"]
+    assert set(choice["sqnr_db"]) == {"percentile 99.999", "percentile 99.99", "mse"}
+    assert choice["chosen"] == max(choice["sqnr_db"], key=choice["sqnr_db"].get)
+    ref, got = run_both(before, model, feeds)
+    assert np.linalg.norm(got - ref) / np.linalg.norm(ref) < 0.05
