@@ -3,7 +3,7 @@
 `quantize-qdq{activations=uint8 weights=int8 per-channel=true symmetric-activations=false
 symmetric-weights=true calibration=auto percentile=99.999 exclude= bias=int32 force=false
 range-ratio=100 max-samples=64 upgrade-opset=true fallback=auto target-sqnr=20 max-float=16
-fallback-samples=8 fallback-trials=24 max-float-macs=0.05 max-slowdown=0.05 if-slower=warn}`
+fallback-samples=8 fallback-trials=24 max-float-macs=0.05 max-slowdown=0.1 if-slower=warn}`
 
 Steps: refuse models that are already quantized (unless `force`); list the nodes the backend's
 `Capabilities.qdq_ops` could run quantized (`placement.candidates`); make sure the opset can
@@ -111,7 +111,7 @@ class QuantizeQdqPass(Pass):
         fallback_trials: int = 24
         max_float_macs: float = 0.05
         if_slower: str = "warn"
-        max_slowdown: float | None = 0.05
+        max_slowdown: float | None = 0.1
 
         def __post_init__(self) -> None:
             if not 0.0 <= self.max_float_macs <= 1.0:
