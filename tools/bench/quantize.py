@@ -317,6 +317,12 @@ def peak_rss_this_process() -> int:
 def worker_main(payload: dict[str, Any]) -> None:
     fn = {"ours": _worker_ours, "ort_static": _worker_ort, "ort_dynamic": _worker_ort,
           "ort_nbits": _worker_ort_nbits}[payload["kind"]]
+    if payload["kind"] != "ours":
+        # ORT's quantization tools write temporary models and external data into the current
+        # directory: run them inside the output's folder, with every path made absolute first
+        payload = {k: (str(Path(v).resolve()) if isinstance(v, str) and k in ("src", "dst", "calib") else v)
+                   for k, v in payload.items()}
+        os.chdir(Path(payload["dst"]).parent)
     result = fn(payload)
     result["peak_rss_bytes"] = peak_rss_this_process()
     common.emit_result(result)
