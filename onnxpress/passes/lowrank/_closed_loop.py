@@ -31,7 +31,8 @@ from onnxpress.passes.lowrank import math as lrm
 from onnxpress.passes.lowrank._layers import LinearLayer
 from onnxpress.passes.pruning.calibration import GramAccumulator, iter_values
 from onnxpress.passes.pruning.prune_channels import node_matches, parse_ignore
-from onnxpress.passes.pruning.reconstruct import MAX_ROWS_PER_FEED, _assign, _bias_add, _Layer, _subsample
+from onnxpress.passes.pruning.layers import RefitLayer, assign_tensor, bias_add, subsample
+from onnxpress.passes.pruning.reconstruct import MAX_ROWS_PER_FEED
 
 __all__ = [
     "ClosedLoopFit",
@@ -88,7 +89,7 @@ def closed_loop_stats(original: ir.Model, model: ir.Model, layers: Sequence[Line
             if xo.shape != xc.shape or xc.shape[1] != layer.shape[0]:
                 logger.debug("'%s': inputs of shape %s / %s; not measured", layer.node.name, xo.shape, xc.shape)
                 continue
-            rows = picks.setdefault(layer.x.name, _subsample(xc.shape[0], cap, rng))
+            rows = picks.setdefault(layer.x.name, subsample(xc.shape[0], cap, rng))
             stats[id(layer.node)].update(xc[rows], xo[rows] @ layer.w_eff)
     return {key: acc for key, acc in stats.items() if acc.rows}
 
@@ -143,7 +144,7 @@ def bias_value(layer: LinearLayer, graph: ir.Graph) -> ir.Value | None:
     by this node only, beta != 0) or the constant of the Add that alone consumes a MatMul."""
     n = layer.shape[1]
     if layer.node.op_type == "MatMul":
-        return _bias_add(layer.node, graph, n)
+        return bias_add(layer.node, graph, n)
     c = layer.bias
     if c is None or layer.beta == 0.0 or c.const_value is None or c.name not in graph.initializers:
         return None
@@ -155,7 +156,7 @@ def bias_value(layer: LinearLayer, graph: ir.Graph) -> ir.Value | None:
 def add_to_bias(value: ir.Value, delta: np.ndarray, scale: float = 1.0) -> None:
     """`value += delta / scale`, as a new tensor of the same dtype and shape."""
     base = np.asarray(value.const_value.numpy(), dtype=np.float64)
-    _assign(value, base + (delta / scale).reshape(base.shape))
+    assign_tensor(value, base + (delta / scale).reshape(base.shape))
 
 
 # ----------------------------------------------------------------------------------------------
@@ -194,10 +195,10 @@ def followers(node: ir.Node) -> list[ir.Node]:
     return found
 
 
-def follower_layer(layer: LinearLayer, graph: ir.Graph) -> _Layer:
+def follower_layer(layer: LinearLayer, graph: ir.Graph) -> RefitLayer:
     """A linear layer as pruning's reconstruction sees it (weight and bias to refit)."""
     if layer.node.op_type == "MatMul":
-        return _Layer(layer.node, layer.weight, _bias_add(layer.node, graph, layer.shape[1]))
+        return RefitLayer(layer.node, layer.weight, bias_add(layer.node, graph, layer.shape[1]))
     alpha = layer.node.attributes.get("alpha")
-    return _Layer(layer.node, layer.weight, bias_value(layer, graph),
+    return RefitLayer(layer.node, layer.weight, bias_value(layer, graph),
                   alpha=float(alpha.value) if alpha is not None else 1.0, beta=layer.beta)

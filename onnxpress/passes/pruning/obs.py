@@ -29,7 +29,8 @@ import onnx_ir as ir
 
 from onnxpress.passes.pruning.calibration import GramAccumulator, iter_values
 from onnxpress.passes.pruning.dependency import ChannelDependencies, Member
-from onnxpress.passes.pruning.reconstruct import _Layer, _row_cap, _unsupported_transpose
+from onnxpress.passes.pruning.layers import RefitLayer, unsupported_transpose
+from onnxpress.passes.pruning.reconstruct import _row_cap
 
 __all__ = ["obs_scores"]
 
@@ -41,7 +42,7 @@ _CONSUMER_ROLES = ("in-channels", "in-features")
 _CONSUMER_OPS = ("Conv", "ConvTranspose", "Gemm", "MatMul")
 
 
-def _consumers(deps: ChannelDependencies, classes: set[int]) -> list[tuple[_Layer, Member]]:
+def _consumers(deps: ChannelDependencies, classes: set[int]) -> list[tuple[RefitLayer, Member]]:
     """(layer, member) for every constant-weight linear consumer that reads a class in `classes`."""
     found = []
     seen: set[int] = set()
@@ -54,7 +55,7 @@ def _consumers(deps: ChannelDependencies, classes: set[int]) -> list[tuple[_Laye
         group = node.attributes.get("group")
         if node.op_type in ("Conv", "ConvTranspose") and group is not None and group.value != 1:
             continue
-        if node.op_type == "ConvTranspose" and _unsupported_transpose(node, tuple(m.value.const_value.shape[2:])):
+        if node.op_type == "ConvTranspose" and unsupported_transpose(node, tuple(m.value.const_value.shape[2:])):
             continue
         if not node.inputs[0] or not node.inputs[0].name or not node.outputs[0].name:
             continue
@@ -62,7 +63,7 @@ def _consumers(deps: ChannelDependencies, classes: set[int]) -> list[tuple[_Laye
             continue
         if not any(deps.find(int(e)) in classes for e in m.elements):
             continue
-        layer = _Layer(node, m.value, None)
+        layer = RefitLayer(node, m.value, None)
         if m.axis != layer.weight_in_axis:
             continue
         seen.add(id(node))
@@ -92,7 +93,7 @@ def _costs(inverse: np.ndarray, weight: np.ndarray, index: np.ndarray) -> np.nda
     return np.maximum(np.einsum("nto,nto->n", weights, solved), 0.0)
 
 
-def _block_costs(layer: _Layer, acc: GramAccumulator, damping: float) -> np.ndarray:
+def _block_costs(layer: RefitLayer, acc: GramAccumulator, damping: float) -> np.ndarray:
     """ΔE of removing each input channel of `layer` alone, refitting the rest (and the bias)."""
     taps = layer.taps
     index = np.arange(acc.n_in // taps)[:, None] * taps + np.arange(taps)[None, :]

@@ -21,7 +21,6 @@ Add), only the weight is refitted: no bias input is added.
 
 from __future__ import annotations
 
-import dataclasses
 import logging
 from typing import Any
 
@@ -29,6 +28,7 @@ import numpy as np
 import onnx_ir as ir
 
 from onnxpress.passes.pruning.calibration import GramAccumulator, iter_values
+from onnxpress.passes.pruning.layers import RefitLayer, bias_add, conv_rows, is_constant, only_user, unsupported_transpose
 from onnxpress.passes.pruning.plan import PruningPlan
 
 __all__ = ["reconstruct_consumers", "conv_rows", "MAX_ROWS_PER_FEED"]
@@ -43,244 +43,7 @@ MIN_ROWS_PER_INPUT = 1
 DEFAULT_RIDGE = 0.03
 
 
-# ----------------------------------------------------------------------------------------------
-# Conv as a matrix product
-# ----------------------------------------------------------------------------------------------
-def _conv_geometry(node: ir.Node, in_spatial: tuple[int, ...], out_spatial: tuple[int, ...],
-                   kernel: tuple[int, ...]) -> tuple[list[int], list[int], list[int]]:
-    """(strides, dilations, pads [begin..., end...]) with auto_pad resolved."""
-    nd = len(kernel)
-
-    def ints(name: str, default: list[int]) -> list[int]:
-        attr = node.attributes.get(name)
-        return list(attr.value) if attr is not None else default
-
-    strides = ints("strides", [1] * nd)
-    dilations = ints("dilations", [1] * nd)
-    pads = ints("pads", [0] * (2 * nd))
-    auto_pad = node.attributes.get("auto_pad")
-    mode = auto_pad.value if auto_pad is not None else "NOTSET"
-    if mode == "VALID":
-        pads = [0] * (2 * nd)
-    elif mode in ("SAME_UPPER", "SAME_LOWER"):
-        pads = [0] * (2 * nd)
-        for i in range(nd):
-            total = max(0, (out_spatial[i] - 1) * strides[i] + (kernel[i] - 1) * dilations[i] + 1 - in_spatial[i])
-            small, large = total // 2, total - total // 2
-            pads[i], pads[i + nd] = (small, large) if mode == "SAME_UPPER" else (large, small)
-    return strides, dilations, pads
-
-
-def conv_rows(x: np.ndarray, node: ir.Node, kernel: tuple[int, ...], out_spatial: tuple[int, ...],
-              positions: np.ndarray) -> np.ndarray:
-    """im2col of `x` [B, C, *spatial] at the given flat output positions (over [B, *out_spatial]).
-
-    Row r holds the input patch of output position `positions[r]`, ordered (C, *kernel) like a
-    Conv weight `W.reshape(O, -1)`: `conv_rows(...) @ W.reshape(O, -1).T + B` is the Conv output
-    at those positions (group=1).
-    """
-    nd = len(kernel)
-    strides, dilations, pads = _conv_geometry(node, tuple(x.shape[2:]), out_spatial, kernel)
-    padded = np.pad(x, [(0, 0), (0, 0)] + [(pads[i], pads[i + nd]) for i in range(nd)])
-    coords = np.unravel_index(positions, (x.shape[0], *out_spatial))
-    p, c = len(positions), x.shape[1]
-    index = [coords[0].reshape(p, 1, *[1] * nd), np.arange(c).reshape(1, c, *[1] * nd)]
-    for i in range(nd):
-        taps = coords[1 + i][:, None] * strides[i] + np.arange(kernel[i])[None, :] * dilations[i]
-        shape = [p, 1] + [1] * nd
-        shape[2 + i] = kernel[i]
-        index.append(taps.reshape(shape))
-    return padded[tuple(index)].reshape(p, -1)
-
-
-# ----------------------------------------------------------------------------------------------
-# Layers
-# ----------------------------------------------------------------------------------------------
-@dataclasses.dataclass
-class _Layer:
-    """A consumer layer as `Y = X W_eff + b_eff`, and how to write a refit back.
-
-    A ConvTranspose whose kernel equals its stride (no padding, no dilation) maps every input pixel
-    to its own s×s output block: one row per input pixel, one column per (output channel, offset
-    in the block) (`phases` columns per channel), and one bias per channel shared by its columns.
-    """
-
-    node: ir.Node
-    weight: ir.Value
-    bias: ir.Value | None  # Conv B, Gemm C, or the constant of the Add after a MatMul
-    kept_out: np.ndarray | None = None  # original output channels still there (None: all)
-    alpha: float = 1.0  # Gemm: W_eff = alpha·B', b_eff = beta·C
-    beta: float = 1.0
-
-    @property
-    def op(self) -> str:
-        return self.node.op_type
-
-    @property
-    def name(self) -> str:
-        return self.node.name or self.node.outputs[0].name
-
-    @property
-    def weight_in_axis(self) -> int:
-        """The weight axis that holds the input channels."""
-        if self.op == "Conv":
-            return 1
-        return int(bool(self._attr("transB", 0))) if self.op == "Gemm" else 0  # ConvTranspose: [C_in, C_out, *k]
-
-    @property
-    def taps(self) -> int:
-        """Rows of the effective weight per input channel (the kernel size of a Conv)."""
-        shape = self.weight.const_value.shape
-        return int(np.prod(shape[2:], dtype=np.int64)) if self.op == "Conv" else 1
-
-    @property
-    def phases(self) -> int:
-        """Columns of the effective weight per output channel (the block size of a ConvTranspose)."""
-        shape = self.weight.const_value.shape
-        return int(np.prod(shape[2:], dtype=np.int64)) if self.op == "ConvTranspose" else 1
-
-    def input_axis(self, ndim: int) -> int:
-        """The axis of the layer's input tensor (of rank `ndim`) that holds the channels."""
-        if self.op in ("Conv", "ConvTranspose"):
-            return 1
-        if self.op == "Gemm":
-            return 0 if self._attr("transA", 0) else 1
-        return ndim - 1
-
-    def _attr(self, name: str, default: Any) -> Any:
-        a = self.node.attributes.get(name)
-        return default if a is None else a.value
-
-    def effective(self) -> tuple[np.ndarray, np.ndarray | None]:
-        w = np.asarray(self.weight.const_value.numpy(), dtype=np.float64)
-        if self.op == "Conv":
-            w_eff = w.reshape(w.shape[0], -1).T
-        elif self.op == "ConvTranspose":
-            w_eff = w.reshape(w.shape[0], -1)
-        elif self.op == "Gemm":
-            w_eff = self.alpha * (w.T if self._attr("transB", 0) else w)
-        else:
-            w_eff = w
-        if self.bias is None:
-            return w_eff, None
-        if self.op == "MatMul":  # the refit adds a correction to the Add's constant
-            return w_eff, np.zeros(w_eff.shape[1])
-        b = np.asarray(self.bias.const_value.numpy(), dtype=np.float64).reshape(-1)
-        return w_eff, (self.beta * b if self.op == "Gemm" else np.repeat(b, self.phases))
-
-    def rows(self, x: np.ndarray, y: np.ndarray, rng: np.random.Generator, cap: int) -> tuple[np.ndarray, np.ndarray]:
-        """Matching (input rows, target rows) of one feed, at most `cap` of them."""
-        if self.op == "Conv":
-            kernel = tuple(self.weight.const_value.shape[2:])
-            out_spatial = tuple(y.shape[2:])
-            total = y.shape[0] * int(np.prod(out_spatial, dtype=np.int64))
-            positions = _subsample(total, cap, rng)
-            targets = np.moveaxis(y, 1, -1).reshape(-1, y.shape[1])[positions]
-            return conv_rows(x, self.node, kernel, out_spatial, positions), self._kept(targets)
-        if self.op == "ConvTranspose":  # y[b, o, s·i + a] = Σ_c x[b, c, i] W[c, o, a] + B[o]
-            block = tuple(self.weight.const_value.shape[2:])
-            nd, spatial = len(block), x.shape[2:]
-            split = [y.shape[0], y.shape[1]] + [n for i in range(nd) for n in (spatial[i], block[i])]
-            order = [0] + [2 + 2 * i for i in range(nd)] + [1] + [3 + 2 * i for i in range(nd)]
-            targets = y.reshape(split).transpose(order).reshape(-1, y.shape[1] * self.phases)
-            x = np.moveaxis(x, 1, -1).reshape(-1, x.shape[1])
-            positions = _subsample(x.shape[0], cap, rng)
-            return x[positions], self._kept(targets[positions])
-        if self.op == "Gemm" and self._attr("transA", 0):
-            x = x.T
-        x = x.reshape(-1, x.shape[-1])
-        y = y.reshape(-1, y.shape[-1])
-        positions = _subsample(x.shape[0], cap, rng)
-        return x[positions], self._kept(y[positions])
-
-    def _kept(self, targets: np.ndarray) -> np.ndarray:
-        """The teacher's columns of the output channels this layer still has."""
-        if self.kept_out is None:
-            return targets
-        columns = (self.kept_out[:, None] * self.phases + np.arange(self.phases)[None, :]).reshape(-1)
-        return targets[:, columns]
-
-    def write(self, w_eff: np.ndarray, b_eff: np.ndarray | None) -> None:
-        old = self.weight.const_value
-        if self.op == "Conv":
-            new = w_eff.T.reshape(old.shape)
-        elif self.op == "ConvTranspose":
-            new = w_eff.reshape(old.shape)
-        elif self.op == "Gemm":
-            new = w_eff / self.alpha
-            new = new.T if self._attr("transB", 0) else new
-        else:
-            new = w_eff
-        _assign(self.weight, new)
-        if self.bias is None or b_eff is None:
-            return
-        shape = tuple(self.bias.const_value.shape)
-        if self.op == "MatMul":
-            base = np.asarray(self.bias.const_value.numpy(), dtype=np.float64)
-            _assign(self.bias, base + b_eff.reshape(shape))
-        elif self.op == "Gemm":
-            _assign(self.bias, (b_eff / self.beta).reshape(shape))
-        elif self.op == "ConvTranspose":  # the fit shares one bias per channel (equal columns)
-            _assign(self.bias, b_eff.reshape(-1, self.phases).mean(axis=1).reshape(shape))
-        else:
-            _assign(self.bias, b_eff.reshape(shape))
-
-
-def _subsample(total: int, cap: int, rng: np.random.Generator) -> np.ndarray:
-    if total <= cap:
-        return np.arange(total)
-    return np.sort(rng.choice(total, size=cap, replace=False))
-
-
-def _assign(value: ir.Value, array: np.ndarray) -> None:
-    """Give `value` a new tensor (never write into the old buffer), same dtype and shape."""
-    dtype = value.const_value.numpy().dtype
-    value.const_value = ir.tensor(np.ascontiguousarray(array.astype(dtype)), name=value.name)
-
-
-def _only_user(value: ir.Value | None, node: ir.Node) -> bool:
-    return value is not None and not value.is_graph_output() and all(u.node is node for u in value.uses())
-
-
-def _constant(value: ir.Value | None, graph: ir.Graph) -> bool:
-    return (value is not None and value.const_value is not None and value.name in graph.initializers
-            and value not in graph.inputs)
-
-
-def _unsupported_transpose(node: ir.Node, kernel: tuple[int, ...]) -> str | None:
-    """Why a ConvTranspose is not one output block per input pixel (None when it is)."""
-    def ints(name: str, default: int) -> list[int]:
-        attr = node.attributes.get(name)
-        return list(attr.value) if attr is not None else [default] * len(kernel)
-
-    auto_pad = node.attributes.get("auto_pad")
-    if auto_pad is not None and auto_pad.value not in ("NOTSET", "VALID"):
-        return f"ConvTranspose auto_pad={auto_pad.value}"
-    if "output_shape" in node.attributes:
-        return "ConvTranspose with output_shape"
-    if ints("strides", 1) != list(kernel) or any(ints("pads", 0)) or any(d != 1 for d in ints("dilations", 1)) \
-            or any(ints("output_padding", 0)):
-        return "ConvTranspose kernel differs from its stride (overlapping or padded blocks)"
-    return None
-
-
-def _bias_add(node: ir.Node, graph: ir.Graph, n_out: int) -> ir.Value | None:
-    """The per-feature constant of an Add that alone consumes a MatMul's output, if any."""
-    out = node.outputs[0]
-    uses = list(out.uses())
-    if out.is_graph_output() or len(uses) != 1 or uses[0].node.op_type != "Add":
-        return None
-    add = uses[0].node
-    other = add.inputs[1 - uses[0].idx] if len(add.inputs) == 2 else None
-    if not _constant(other, graph) or not _only_user(other, add):
-        return None
-    shape = tuple(other.const_value.shape)
-    if int(np.prod(shape, dtype=np.int64)) != n_out or (shape and shape[-1] != n_out):
-        return None
-    return other
-
-
-def _consumer(node: ir.Node, plan: PruningPlan, graph: ir.Graph) -> _Layer | str | None:
+def _consumer(node: ir.Node, plan: PruningPlan, graph: ir.Graph) -> RefitLayer | str | None:
     """The layer to refit, a reason to skip it, or None when it lost no input channels."""
     if node.op_type not in ("Conv", "ConvTranspose", "Gemm", "MatMul") or len(node.inputs) < 2:
         return None
@@ -304,10 +67,10 @@ def _consumer(node: ir.Node, plan: PruningPlan, graph: ir.Graph) -> _Layer | str
         if group is not None and group.value != 1:
             return f"group={group.value}"
     if node.op_type == "ConvTranspose" and weight.const_value is not None:
-        reason = _unsupported_transpose(node, tuple(weight.const_value.shape[2:]))
+        reason = unsupported_transpose(node, tuple(weight.const_value.shape[2:]))
         if reason:
             return reason
-    if not _constant(weight, graph) or not _only_user(weight, node):
+    if not is_constant(weight, graph) or not only_user(weight, node):
         return "weight is not a constant read by this node only"
     if node.inputs[0] is None or node.inputs[0].const_value is not None or not node.inputs[0].name:
         return "input is not a named activation"
@@ -322,8 +85,8 @@ def _consumer(node: ir.Node, plan: PruningPlan, graph: ir.Graph) -> _Layer | str
         kept_out = np.setdiff1d(np.arange(n_out + len(removed[out_axis])), removed[out_axis])
     bias = node.inputs[2] if len(node.inputs) > 2 else None
     if node.op_type == "MatMul":
-        return _Layer(node, weight, _bias_add(node, graph, n_out), kept_out)
-    if bias is not None and (not _constant(bias, graph) or not _only_user(bias, node)):
+        return RefitLayer(node, weight, bias_add(node, graph, n_out), kept_out)
+    if bias is not None and (not is_constant(bias, graph) or not only_user(bias, node)):
         return "bias is not a constant read by this node only"
     if node.op_type == "Gemm":
         alpha = float(node.attributes["alpha"].value) if "alpha" in node.attributes else 1.0
@@ -332,8 +95,8 @@ def _consumer(node: ir.Node, plan: PruningPlan, graph: ir.Graph) -> _Layer | str
             return "C does not hold one value per output feature"
         if alpha == 0.0:
             return "alpha is 0"
-        return _Layer(node, weight, bias if beta != 0.0 else None, kept_out, alpha, beta)
-    return _Layer(node, weight, bias, kept_out)
+        return RefitLayer(node, weight, bias if beta != 0.0 else None, kept_out, alpha, beta)
+    return RefitLayer(node, weight, bias, kept_out)
 
 
 # ----------------------------------------------------------------------------------------------
@@ -404,7 +167,7 @@ def reconstruct_consumers(original: ir.Model, model: ir.Model, plan: PruningPlan
     return stats
 
 
-def _refit(layer: _Layer, original: ir.Model, model: ir.Model, runner: Any, feeds: list,
+def _refit(layer: RefitLayer, original: ir.Model, model: ir.Model, runner: Any, feeds: list,
            ridge: float | None, cap: int, rng: np.random.Generator) -> dict[str, Any]:
     """Refit one layer against the original's output, from the inputs `model` feeds it now."""
     acc = _SplitGram(*layer.effective()[0].shape, feeds=len(feeds))
@@ -437,7 +200,7 @@ class _SplitGram:
         return self.train.merged(self.held)
 
 
-def _row_cap(layer: _Layer, cap: int | None) -> int:
+def _row_cap(layer: RefitLayer, cap: int | None) -> int:
     """Rows taken from one feed: `cap`, or what fits the row budget for this layer's width."""
     if cap is not None:
         return cap
@@ -445,16 +208,16 @@ def _row_cap(layer: _Layer, cap: int | None) -> int:
     return int(min(65536, max(MAX_ROWS_PER_FEED, ROW_BUDGET // max(width, 1))))
 
 
-def _kept_inputs(layer: _Layer, plan: PruningPlan) -> np.ndarray:
+def _kept_inputs(layer: RefitLayer, plan: PruningPlan) -> np.ndarray:
     """Indices of the original input channels the pruned layer still reads, ascending."""
     removed = np.asarray(plan.tensors[layer.weight.name][layer.weight_in_axis], dtype=np.int64)
     width = layer.effective()[0].shape[0] // layer.taps
     return np.setdiff1d(np.arange(width + len(removed)), removed)
 
 
-def _batches(layers: list[_Layer]) -> list[list[_Layer]]:
+def _batches(layers: list[RefitLayer]) -> list[list[RefitLayer]]:
     """Consecutive layers whose Gram statistics fit `GRAM_BUDGET` together (at least one each)."""
-    batches: list[list[_Layer]] = []
+    batches: list[list[RefitLayer]] = []
     used = GRAM_BUDGET
     for layer in layers:
         n_in, n_out = layer.effective()[0].shape
@@ -467,7 +230,7 @@ def _batches(layers: list[_Layer]) -> list[list[_Layer]]:
     return batches
 
 
-def _solve(layer: _Layer, split: _SplitGram, ridge: float | None) -> dict[str, Any]:
+def _solve(layer: RefitLayer, split: _SplitGram, ridge: float | None) -> dict[str, Any]:
     """Fit `layer` from its statistics; write the fit back only if it lowers the error.
 
     With `ridge=None` the ridge is chosen among RIDGE_CANDIDATES by the error on the held-out

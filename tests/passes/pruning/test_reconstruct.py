@@ -286,13 +286,13 @@ def test_both_refit_orders_lower_the_held_out_error(sequential):
 @pytest.mark.parametrize("kind", ["matmul", "conv"])
 def test_obs_cost_is_the_error_left_after_an_exact_refit(kind):
     from onnxpress.passes.pruning.obs import _block_costs
-    from onnxpress.passes.pruning.reconstruct import _Layer
+    from onnxpress.passes.pruning.layers import RefitLayer
 
     model = token_mlp() if kind == "matmul" else conv_net()
     node = next(n for n in model.graph if n.name == ("fc2" if kind == "matmul" else "c2"))
     feeds = token_feeds(8, seed=3) if kind == "matmul" else image_feeds(8, seed=3)
     x_name, y_name = node.inputs[0].name, node.outputs[0].name
-    layer = _Layer(node, node.inputs[1], None)
+    layer = RefitLayer(node, node.inputs[1], None)
     rng = np.random.default_rng(0)
     rows = [layer.rows(v[x_name], v[y_name], rng, 10**6)[0]
             for (v,) in iter_values(OrtRunner(), [(model, [x_name, y_name])], feeds)]
@@ -347,13 +347,14 @@ def test_auto_ridge_is_chosen_on_held_out_feeds_and_lowers_the_error():
 def test_auto_ridge_leaves_a_layer_alone_when_no_fit_helps_on_held_out_feeds():
     # the layer's weights already reproduce the held-out feeds (every 4th) exactly; the other feeds'
     # targets carry noise, so any refit moves away from what the held-out feeds show
-    from onnxpress.passes.pruning.reconstruct import _Layer, _SplitGram, _solve
+    from onnxpress.passes.pruning.layers import RefitLayer
+    from onnxpress.passes.pruning.reconstruct import _SplitGram, _solve
 
     b = Builder(seed=0)
     y = b.op("MatMul", [b.input("x", [4, 8]), b.init("w", b.rand(8, 3))], name="fc")
     model = b.model([y])
     node = next(iter(model.graph))
-    layer = _Layer(node, node.inputs[1], None)
+    layer = RefitLayer(node, node.inputs[1], None)
     split = _SplitGram(8, 3, feeds=8)
     rng = np.random.default_rng(0)
     w = model.graph.initializers["w"].const_value.numpy().astype(np.float64)
