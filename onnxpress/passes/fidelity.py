@@ -109,7 +109,7 @@ class _Accumulator:
         self.noise_sq += float(diff @ diff)
 
         if tol is not None and diff.size:
-            bound = tol.atol + tol.rtol * np.abs(rf)
+            bound = tol.atol + tol.rtol * np.abs(rf) + tol.scale_rtol * float(np.abs(rf).max())
             with np.errstate(divide="ignore", invalid="ignore"):
                 ratio = np.where(diff == 0, 0.0, diff / bound)
             worst = int(np.argmax(ratio))
@@ -204,7 +204,7 @@ def within_tolerance(
     """
     failures: list[tuple[float, str]] = []
     worst_ok: tuple[float, str] = (-1.0, "no outputs compared")
-    bound = f"(rtol={tol.rtol:g}, atol={tol.atol:g})"
+    bound = f"(rtol={tol.rtol:g}, atol={tol.atol:g}" + (f", scale_rtol={tol.scale_rtol:g})" if tol.scale_rtol else ")")
     for name, acc in _accumulate(reference, candidate, tol).items():
         fid = acc.result()
         if fid.note:
