@@ -58,6 +58,8 @@ WEIGHT_TYPES = ("int8", "uint8")
 CALIBRATION_METHODS = ("percentile", "minmax", "entropy", "mse", "auto")
 #: What `calibration=auto` chooses among, all derived from one percentile histogram pass.
 AUTO_CLIPS = (("percentile", 99.999), ("percentile", 99.99), ("mse", None))
+#: Models with more weight bytes than this are not timed (each timed run would take seconds).
+TIMING_MAX_BYTES = 1 << 30
 BIAS_MODES = ("int32", "float")
 FALLBACK_MODES = ("auto", "none")
 #: What to do when the quantized model is not faster than the float one on the target (measured).
@@ -201,7 +203,7 @@ class QuantizeQdqPass(Pass):
                 model, ctx, plan, self._histograms(model, ctx, plan, ranges), quantize_clone,
                 act_type=qm.quant_type(opts.activations), symmetric=symmetric_acts, target_db=opts.target_sqnr,
                 max_float=opts.max_float, samples=opts.fallback_samples, max_trials=opts.fallback_trials,
-                max_float_macs=opts.max_float_macs, timer=self._timer(ctx, opts.max_slowdown),
+                max_float_macs=opts.max_float_macs, timer=self._timer(ctx, opts.max_slowdown, model),
                 max_slowdown=opts.max_slowdown or 0.0)
             stats["fallback"] = found.stats
             if found.float_nodes:
@@ -297,9 +299,9 @@ class QuantizeQdqPass(Pass):
         return options[chosen], {"chosen": chosen, "sqnr_db": scores, "samples": len(feeds)}
 
     @staticmethod
-    def _timer(ctx: PassContext, max_slowdown: float | None) -> Any:
+    def _timer(ctx: PassContext, max_slowdown: float | None, model: ir.Model) -> Any:
         """Latency of one clone relative to another on the context's runner, or None (not timed)."""
-        if max_slowdown is None or not hasattr(ctx.runner, "session"):
+        if max_slowdown is None or not hasattr(ctx.runner, "session") or weight_bytes(model) > TIMING_MAX_BYTES:
             return None
         feed = ctx.feeds(1)[0]
 
@@ -316,6 +318,8 @@ class QuantizeQdqPass(Pass):
         """Latency of the model quantized as planned (built on a clone) vs float, on the context's runner."""
         if not hasattr(ctx.runner, "session"):
             return {"skipped": "the runner cannot time sessions"}
+        if weight_bytes(model) > TIMING_MAX_BYTES:
+            return {"skipped": f"weights over {TIMING_MAX_BYTES >> 30} GiB: not timed"}
         clone = model.clone()
         by_key = {key: node for node, key in fb.node_keys(clone).items()}
         keys = fb.node_keys(model)

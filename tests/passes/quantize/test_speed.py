@@ -63,3 +63,14 @@ def test_a_failing_timing_is_reported_not_fatal(monkeypatch):
     result, _, _ = quantize(model, calibration="minmax")
     assert result.stats["speed"]["skipped"].startswith("timing failed: no clock")
     assert _count(model, "QuantizeLinear") > 0
+
+
+def test_models_over_the_timing_size_are_not_timed(monkeypatch):
+    def fail(*args, **kwargs):
+        raise AssertionError("timed a model over TIMING_MAX_BYTES")
+    monkeypatch.setattr(qdq_module, "compare_latency", fail)
+    monkeypatch.setattr(qdq_module, "TIMING_MAX_BYTES", 0)
+    model = conv_relu_model()
+    result, _, _ = quantize(model, calibration="minmax", fallback="auto", target_sqnr=99.0)
+    assert result.stats["speed"]["skipped"].startswith("weights over")
+    assert "slowdown" not in result.stats["fallback"] and _count(model, "QuantizeLinear") > 0
