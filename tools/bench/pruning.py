@@ -638,7 +638,15 @@ def render(results: dict[str, Any], args, started: str, total_s: float, runs: li
             b = res["base"]["fidelity"]
             lines += [f"Baseline exact-match accuracy against the rendered ground truth: {b['accuracy_ref']:.3f}. "
                       "Text agreement = fraction of lines whose CTC-greedy decoded string is identical to the "
-                      "baseline's.", ""]
+                      "baseline's. The baseline itself emits spaces in the blank margins of the rendered lines, "
+                      "and many disagreements are only such leading / trailing spaces: ignoring them (as the "
+                      "quantization benchmark's trimmed agreement does), the agreement equals the exact-match "
+                      "column here, because the baseline matches the ground truth on every line"
+                      + (": " + ", ".join(f"{n} {v['fidelity']['text_agreement_trim']:.3f}"
+                                          for n, v in res["variants"].items()
+                                          if "text_agreement_trim" in v.get("fidelity", {}) and "LS" in n)
+                         if any("text_agreement_trim" in v.get("fidelity", {}) for v in res["variants"].values())
+                         else "") + ".", ""]
         if key == "ppocrv4_det":
             lines += ["IoU of >0.3 pixels: |A∩B| / |A∪B| of the probability-map pixels above rapidocr's "
                       "binarisation threshold 0.3, over all pages.", ""]
