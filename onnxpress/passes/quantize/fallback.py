@@ -141,6 +141,15 @@ def node_keys(model: ir.Model) -> dict[ir.Node, tuple[int, int]]:
     return {node: (gi, ni) for gi, graph in enumerate(pl.graphs_of(model)) for ni, node in enumerate(graph)}
 
 
+def quantized_clone(model: ir.Model, quantize_clone: QuantizeClone, keep_float: Mapping[ir.Node, str]) -> ir.Model:
+    """A clone of `model` quantized by `quantize_clone`, with the clone's nodes matching `keep_float` float."""
+    clone = model.clone()
+    by_key = {key: node for node, key in node_keys(clone).items()}
+    keys = node_keys(model)
+    quantize_clone(clone, {by_key[keys[n]]: reason for n, reason in keep_float.items()})
+    return clone
+
+
 def choose_float_nodes(
     model: ir.Model,
     ctx: Any,
@@ -179,7 +188,6 @@ def choose_float_nodes(
         return FallbackResult({}, stats)
     ranked = rank_tensors(plan, ranges, act_type, symmetric)
     touching = nodes_touching(plan)
-    keys = node_keys(model)
     measured: list[float] = []
 
     def float_set(tensors: Sequence[ir.Value]) -> dict[ir.Node, str]:
@@ -192,9 +200,7 @@ def choose_float_nodes(
     clones: list[ir.Model] = []
 
     def trial(tensors: Sequence[ir.Value]) -> float:
-        clone = model.clone()
-        by_key = {key: node for node, key in node_keys(clone).items()}
-        quantize_clone(clone, {by_key[keys[n]]: reason for n, reason in float_set(tensors).items()})
+        clone = quantized_clone(model, quantize_clone, float_set(tensors))
         try:
             sqnr = output_sqnr_db(reference, ctx.runner.run(clone, feeds), names)
         except Exception as e:  # noqa: BLE001 - a trial the runner rejects counts as the worst result

@@ -320,10 +320,7 @@ class QuantizeQdqPass(Pass):
             return {"skipped": "the runner cannot time sessions"}
         if weight_bytes(model) > TIMING_MAX_BYTES:
             return {"skipped": f"weights over {TIMING_MAX_BYTES >> 30} GiB: not timed"}
-        clone = model.clone()
-        by_key = {key: node for node, key in fb.node_keys(clone).items()}
-        keys = fb.node_keys(model)
-        quantize_clone(clone, {by_key[keys[n]]: reason for n, reason in keep_float.items()})
+        clone = fb.quantized_clone(model, quantize_clone, keep_float)
         try:
             return compare_latency(ctx.runner, model, clone, ctx.feeds(1)[0])
         except Exception as e:  # noqa: BLE001 - timing is advisory: a failure is reported, not fatal
