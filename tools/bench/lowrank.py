@@ -19,18 +19,19 @@ time, from the optimize report). The load average of the machine is recorded per
             the rank-ratio=0.25 Tucker-2 row (whole-model latency). Random weights are close to full
             rank, so the logits cosine is a sanity number, not a quality claim.
   ocr       PP-OCRv4 rec, its 9 constant-weight MatMuls (SVTR neck + the 120×6625 CTC head, which
-            holds 78 % of their parameters; the other 4 MatMuls are attention) at −25 % / −50 % of
-            their parameters: plain SVD, data-aware (whitened), closed-loop + sensitivity
-            allocation + refit, and data-aware + measured (end-to-end) allocation; the three k×k
-            group=1 convs by Tucker-2. Fidelity: decoded-text
-            agreement with the baseline (CTC greedy, the model's own alphabet) on 128 rendered
-            lines; calibration on 64 other lines.
-  minilm    all-MiniLM-L6-v2, FFN MatMuls (`include=` FFN below) at −25 % / −50 %: plain SVD,
-            data-aware, data-aware + sensitivity allocation, closed-loop + sensitivity + refit,
-            data-aware + measured allocation;
-            TT/MPO on the FFN at max-rank 16 and 64. Fidelity: mean cosine of mean-pooled sentence
-            embeddings over text_data.EVAL_SENTENCES; calibration on text_data.calibration_texts
-            (a different kind of text).
+            holds 78 % of their parameters; the other 4 MatMuls are attention) at −25 % / −50 % /
+            −65 % of their parameters: plain SVD; one-shot data-aware (whitened) SVD with damping 0
+            (SVD-LLM) and with the default damping; closed-loop + refit at uniform ranks;
+            data-aware and closed-loop + refit with measured (end-to-end) allocation; at −25 % also
+            closed-loop + spectral sensitivity allocation + refit; the three k×k group=1 convs by
+            Tucker-2. Fidelity: decoded-text agreement with the baseline (CTC greedy, the model's
+            own alphabet) on 128 rendered lines, ignoring leading / trailing spaces (the baseline
+            itself emits spaces in the blank margins; the exact agreement is a column too);
+            calibration on 64 other lines.
+  minilm    all-MiniLM-L6-v2, FFN MatMuls (`include=` FFN below) at −25 % / −50 %: the same SVD
+            variants as ocr; TT/MPO on the FFN at max-rank 16 and 64. Fidelity: mean cosine of
+            mean-pooled sentence embeddings over text_data.EVAL_SENTENCES; calibration on
+            text_data.calibration_texts (a different kind of text).
 """
 
 from __future__ import annotations
@@ -219,16 +220,23 @@ def ocr(models: Path, work: Path, repeat: int, samples: int) -> dict[str, Any]:
     shapes = {"x": [1, 3, 48, 320]}
     m = f"max-samples={samples} align=8"
     variants = []
-    for keep in (0.75, 0.5):
+    for keep in (0.75, 0.5, 0.35):
         removed = f"−{1 - keep:.0%}"
         variants += [
             (f"MatMuls {removed} plain SVD", f"O2,lowrank-svd{{rank-ratio={keep} align=8}}"),
+            (f"MatMuls {removed} data-aware, damping 0 (SVD-LLM)",
+             f"O2,lowrank-svd{{rank-ratio={keep} data-aware=true damping=0 {m}}}"),
             (f"MatMuls {removed} data-aware", f"O2,lowrank-svd{{rank-ratio={keep} data-aware=true {m}}}"),
-            (f"MatMuls {removed} closed-loop + sensitivity + refit",
-             f"O2,lowrank-svd{{rank-ratio={keep} closed-loop=true allocation=sensitivity refit=true {m}}}"),
+            (f"MatMuls {removed} closed-loop + refit",
+             f"O2,lowrank-svd{{rank-ratio={keep} closed-loop=true refit=true {m}}}"),
             (f"MatMuls {removed} data-aware + measured allocation",
              f"O2,lowrank-svd{{rank-ratio={keep} data-aware=true allocation=measured {m}}}"),
+            (f"MatMuls {removed} closed-loop + measured allocation + refit",
+             f"O2,lowrank-svd{{rank-ratio={keep} closed-loop=true allocation=measured refit=true {m}}}"),
         ]
+        if keep == 0.75:
+            variants.append((f"MatMuls {removed} closed-loop + sensitivity + refit",
+                             f"O2,lowrank-svd{{rank-ratio={keep} closed-loop=true allocation=sensitivity refit=true {m}}}"))
     variants.append(("k×k convs Tucker-2, 50 % of their params", "O2,lowrank-tucker{rank-ratio=0.5 align=8}"))
     return bench_variants("ocr", models / "ppocrv4_rec.onnx", variants, [{"x": x} for x in cal],
                           [{"x": x} for x in lines], {"x": lines[0]}, make_fidelity_rec(chars, truth), shapes, work,
@@ -248,15 +256,18 @@ def minilm(models: Path, work: Path, repeat: int, samples: int) -> dict[str, Any
         keep = f"include={FFN} rank-ratio={1 - removed:g}"
         variants += [
             (f"FFN −{removed:.0%} plain SVD", f"O2,lowrank-svd{{{keep} align=8}}"),
-            (f"FFN −{removed:.0%} data-aware (whitened)", f"O2,lowrank-svd{{{keep} data-aware=true {m}}}"),
+            (f"FFN −{removed:.0%} data-aware, damping 0 (SVD-LLM)",
+             f"O2,lowrank-svd{{{keep} data-aware=true damping=0 {m}}}"),
+            (f"FFN −{removed:.0%} data-aware", f"O2,lowrank-svd{{{keep} data-aware=true {m}}}"),
+            (f"FFN −{removed:.0%} closed-loop + refit", f"O2,lowrank-svd{{{keep} closed-loop=true refit=true {m}}}"),
+            (f"FFN −{removed:.0%} data-aware + measured allocation",
+             f"O2,lowrank-svd{{{keep} data-aware=true allocation=measured {m}}}"),
+            (f"FFN −{removed:.0%} closed-loop + measured allocation + refit",
+             f"O2,lowrank-svd{{{keep} closed-loop=true allocation=measured refit=true {m}}}"),
         ]
         if removed == 0.25:
-            variants.append((f"FFN −{removed:.0%} data-aware + sensitivity allocation",
-                             f"O2,lowrank-svd{{{keep} data-aware=true allocation=sensitivity {m}}}"))
-        variants.append((f"FFN −{removed:.0%} closed-loop + sensitivity + refit",
-                         f"O2,lowrank-svd{{{keep} closed-loop=true allocation=sensitivity refit=true {m}}}"))
-        variants.append((f"FFN −{removed:.0%} data-aware + measured allocation",
-                         f"O2,lowrank-svd{{{keep} data-aware=true allocation=measured {m}}}"))
+            variants.append((f"FFN −{removed:.0%} closed-loop + sensitivity + refit",
+                             f"O2,lowrank-svd{{{keep} closed-loop=true allocation=sensitivity refit=true {m}}}"))
     variants += [
         ("FFN TT/MPO max-rank 16", f"O2,lowrank-tt{{include={FFN} max-rank=16}}"),
         ("FFN TT/MPO max-rank 64", f"O2,lowrank-tt{{include={FFN} max-rank=64}}"),
@@ -291,16 +302,20 @@ MODEL_TABLES = (
     ("convs", None, None),
     ("resnet18", "ResNet-18 architecture, 1×3×224×224 (seeded random weights: cosine / top-1 are sanity only)",
      ("cosine", "top1")),
-    ("ocr", "PP-OCRv4 rec, 1×3×48×320", ("text_agreement", "cosine")),
+    ("ocr", "PP-OCRv4 rec, 1×3×48×320", ("text_agreement_trim", "text_agreement", "cosine")),
     ("minilm", "all-MiniLM-L6-v2, 1×128 tokens", ("cosine", "cosine_min")),
 )
 
 
-def model_table(res: dict[str, Any], fid: tuple[str, str]) -> str:
+FIDELITY_HEADERS = {"text_agreement_trim": "text agreement", "text_agreement": "exact text", "cosine": "cosine",
+                    "cosine_min": "cosine min", "top1": "top1"}
+
+
+def model_table(res: dict[str, Any], fid: tuple[str, ...]) -> str:
     base = res["base_cost"]
     scoped = bool(res.get("scope_params"))
     header = ["variant", "layers"] + (["scope params kept"] if scoped else []) + [
-        "layer params ×", "layer MACs ×", "model params ×", "model MACs ×", "latency ×", fid[0], fid[1], "pass s"]
+        "layer params ×", "layer MACs ×", "model params ×", "model MACs ×", "latency ×", *(FIDELITY_HEADERS.get(k, k) for k in fid), "pass s"]
     rows = []
     for r in res["rows"]:
         if "error" in r:
@@ -311,7 +326,7 @@ def model_table(res: dict[str, Any], fid: tuple[str, str]) -> str:
                     + ([_fmt(r.get("scope_kept"))] if scoped else [])
                     + [_fmt(_layer_ratio(st, "params")), _fmt(_layer_ratio(st, "macs")),
                        _fmt(r["cost"]["params"] / base["params"]), _fmt(r["cost"]["macs"] / base["macs"]),
-                       _fmt(r["latency_ratio"], "{:.2f}"), _fmt(f.get(fid[0]), "{:.4f}"), _fmt(f.get(fid[1]), "{:.4f}"),
+                       _fmt(r["latency_ratio"], "{:.2f}"), *(_fmt(f.get(k), "{:.4f}") for k in fid),
                        _fmt(r.get("pass_seconds"), "{:.1f}")])
     return md_table(header, rows)
 
@@ -331,23 +346,25 @@ def targets(results: dict[str, Any]) -> list[str]:
                    f"(whole model {base_ratio(res, stack, 'macs'):.2f}×), whole-model latency {speed:.2f}× faster "
                    f"(median {stack['base_ms']:.1f} → {stack['ms']:.1f} ms, {res.get('cores')} cores, load "
                    f"{res.get('load')}).")
-    for key, label, fid in (("minilm", "FFN", "cosine"), ("ocr", "MatMuls", "text_agreement")):
+    for key, label, fid in (("minilm", "FFN", "cosine"), ("ocr", "MatMuls", "text_agreement_trim")):
         res = results.get(key)
         if not res:
             continue
-        for removed in ("25%", "50%"):
+        for removed in ("25%", "50%", "65%"):
             rows = [r for r in _rows(res) if r["label"].startswith(f"{label} −{removed}")]
             one_shot = [r for r in rows if not any(word in r["label"] for word in NOT_ONE_SHOT)]
             better = [r for r in rows if any(word in r["label"] for word in NOT_ONE_SHOT)]
             if not one_shot or not better:
                 continue
-            best_one = max(one_shot, key=lambda r: r["fidelity"][fid])
-            best = max(better, key=lambda r: r["fidelity"][fid])
-            verdict = "beats" if best["fidelity"][fid] > best_one["fidelity"][fid] else "does not beat"
+            order = lambda r: (r["fidelity"][fid], r["fidelity"]["cosine"])  # noqa: E731 - cosine breaks ties
+            best_one, best = max(one_shot, key=order), max(better, key=order)
+            a, b = best["fidelity"][fid], best_one["fidelity"][fid]
+            verdict = "beats" if a > b else "ties with" if a == b else "does not beat"
+            tie = (f" (equal {fid}; output cosine {best['fidelity']['cosine']:.4f} vs "
+                   f"{best_one['fidelity']['cosine']:.4f})" if a == b and fid != "cosine" else "")
             out.append(f"- {key} {label} −{removed}: best allocation / closed-loop variant ({best['label']}) "
-                       f"{fid} {best['fidelity'][fid]:.4f} **{verdict}** the best one-shot "
-                       f"({best_one['label']}) {best_one['fidelity'][fid]:.4f}; in-scope params kept "
-                       f"{_fmt(best.get('scope_kept'))} vs {_fmt(best_one.get('scope_kept'))}"
+                       f"{fid} {a:.4f} **{verdict}** the best one-shot ({best_one['label']}) {b:.4f}{tie}; "
+                       f"in-scope params kept {_fmt(best.get('scope_kept'))} vs {_fmt(best_one.get('scope_kept'))}"
                        + _budget_caveat(best, best_one, verdict) + ".")
     for key in ("minilm", "ocr"):
         for r in _rows(results.get(key) or {}):
@@ -426,6 +443,12 @@ Notes on method (they hold whatever the numbers):
   full rank, so their cosine is low at any rank and says nothing about trained networks; that table
   is about cost, speed and decomposition time. Tucker-2 and CP are weight-only (no data-aware
   variant for convs yet).
+- Whitening damping (`damping=`, default 0.1 of mean(diag XᵀX)): the data-aware fit moves from
+  the best fit to the calibration inputs (0, SVD-LLM) towards the plain SVD. On held-out
+  calibration feeds (same kind of text) damping 0 is best by far — MiniLM's FFN layers at −25 %
+  have 10× lower relative output error on held-out calibration paragraphs than on the evaluation
+  sentences — so the gain shows only on inputs unlike the calibration set, which is what the
+  evaluation here measures; compare the `damping 0` rows.
 - Calibration is deliberately not the evaluation data: MiniLM calibrates on template office / travel
   paragraphs and is evaluated on 64 hand-written sentences; rec calibrates on 64 rendered lines and
   is evaluated on 128 others. No fine-tuning anywhere.

@@ -116,14 +116,14 @@ class ClosedLoopFit:
 
 
 def fit_closed_loop(w: np.ndarray, acc: GramAccumulator, rank: int, ridge: float, *,
-                    refit_bias: bool = False) -> ClosedLoopFit:
+                    refit_bias: bool = False, damping: float = lrm.DEFAULT_DAMPING) -> ClosedLoopFit:
     """Rank-`rank` factors of the closed-loop target (module docstring); `refit_bias` also
-    refits B with a bias correction given A. `error_open` is the error of the open-loop
+    refits B with a bias correction given A; `damping` is the whitening's (`math.whitened_svd`). `error_open` is the error of the open-loop
     whitened SVD of W itself on the same compressed inputs, for the record."""
     k = w.shape[0]
     gram = acc.gram[:k, :k]
     target, _ = acc.solve(ridge, bias=False, prior=w)
-    a, b = lrm.whitened_svd(target, gram, rank)
+    a, b = lrm.whitened_svd(target, gram, rank, eps=damping)
     a, b = np.asarray(a, np.float64), np.asarray(b, np.float64)
     delta = None
     if refit_bias:
@@ -131,7 +131,7 @@ def fit_closed_loop(w: np.ndarray, acc: GramAccumulator, rank: int, ridge: float
         b_new, d_new = proj.solve(ridge, bias=True, prior=b)
         if proj.relative_error(b_new, d_new) < proj.relative_error(b, None):
             b, delta = b_new, d_new
-    a_open, b_open = lrm.whitened_svd(w, gram, rank)
+    a_open, b_open = lrm.whitened_svd(w, gram, rank, eps=damping)
     error_open = acc.relative_error(np.asarray(a_open, np.float64) @ np.asarray(b_open, np.float64), None)
     return ClosedLoopFit(a, b, delta, acc.relative_error(a @ b, delta), error_open)
 

@@ -80,10 +80,11 @@ def _output_error(reference: Sequence[Mapping[str, Any]], outputs: Sequence[Mapp
 
 
 def measure_curves(model: ir.Model, layers: Sequence[LinearLayer], grams: Mapping[int, np.ndarray], runner: Any,
-                   feeds: Sequence[Mapping[str, Any]], align: int, min_gain: float) -> list[dict[int, float]]:
+                   feeds: Sequence[Mapping[str, Any]], align: int, min_gain: float,
+                   damping: float = lrm.DEFAULT_DAMPING) -> list[dict[int, float]]:
     """Per layer, {rank: relative output error of the model with only that layer truncated}
-    (whitened SVD where the layer has a Gram, plain SVD otherwise); empty where the weight
-    cannot be swapped in a clone."""
+    (whitened SVD with `damping` where the layer has a Gram, plain SVD otherwise); empty where the
+    weight cannot be swapped in a clone."""
     feeds = list(feeds[:MEASURE_FEEDS])
     reference = runner.run(model, feeds)
     position = {id(node): i for i, node in enumerate(model.graph)}
@@ -92,7 +93,7 @@ def measure_curves(model: ir.Model, layers: Sequence[LinearLayer], grams: Mappin
         curve: dict[int, float] = {}
         w, gram = layer.w_eff, grams.get(id(layer.node))
         for rank in candidate_ranks(*layer.shape, align, min_gain):
-            a, b = lrm.whitened_svd(w, gram, rank) if gram is not None else lrm.truncated_svd(w, rank)
+            a, b = lrm.whitened_svd(w, gram, rank, eps=damping) if gram is not None else lrm.truncated_svd(w, rank)
             trial = model.clone()
             if not _set_weight(list(trial.graph)[position[id(layer.node)]], np.asarray(a, np.float64) @ b):
                 break

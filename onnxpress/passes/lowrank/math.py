@@ -26,6 +26,7 @@ import numpy as np
 
 
 __all__ = [
+    "DEFAULT_DAMPING",
     "allocate_ranks",
     "asvd",
     "cp_conv",
@@ -55,6 +56,12 @@ __all__ = [
 logger = logging.getLogger(__name__)
 
 HW = int | tuple[int, int]
+
+#: The low-rank passes' default whitening damping (`damping=`, as a fraction of mean(diag XᵀX)).
+#: The functions below default to a negligible 1e-6 (the exact optimum on the given Gram); the
+#: passes damp more because their Gram comes from a few calibration feeds, and the directions
+#: those never excite are the ones a fully whitened SVD drops first (see `whitened_svd`).
+DEFAULT_DAMPING = 0.1
 
 
 # --------------------------------------------------------------------------------------------
@@ -239,6 +246,12 @@ def whitened_svd(w: np.ndarray, gram: np.ndarray, rank: int, eps: float = 1e-6) 
     SVD-LLM whitening: with `S` the lower Cholesky factor of the (damped) Gram, `‖X M‖_F = ‖Sᵀ M‖_F`,
     so truncating the SVD of `Sᵀ W` and un-whitening (`A = S⁻ᵀ U_r √Σ_r`) is optimal for the
     damped objective `‖X M‖² + δ‖M‖²`, δ = eps·mean(diag(gram)).
+
+    `eps` moves the fit from pure whitening (eps → 0: the best rank-r fit to the calibration
+    inputs, SVD-LLM) towards the plain SVD (eps → ∞: the best fit to the weight). On inputs
+    unlike the calibration set, some damping generalises better: all-MiniLM-L6-v2's FFN at −25 %,
+    calibrated on template paragraphs and evaluated on other sentences, keeps a mean embedding
+    cosine of 0.874 at eps = 1e-6, 0.885 at 0.1 and 0.876 at 1.
     """
     w64 = _check_matrix(w)
     g = _as64(gram)

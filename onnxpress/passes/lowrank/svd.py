@@ -1,7 +1,7 @@
 """LowRankSvdPass: a linear layer's weight replaced by two thin factors, y = (x·A)·B.
 
 `lowrank-svd{rank-ratio= energy= rank= data-aware=false min-gain=0.1 align=8 closed-loop=false
-allocation=uniform|sensitivity|measured refit=false ridge=0.05 include= exclude=}` turns
+allocation=uniform|sensitivity|measured refit=false ridge=0.05 damping=0.1 include= exclude=}` turns
 `MatMul(x, W)` into `MatMul(MatMul(x, A), B)` and `Gemm(x, B, C)` into `Gemm(Gemm(x, A), B', C)`
 (`MatMul` where the Gemm has no C and no transA), with W ≈ A·B of rank r. x may have any number
 of leading batch / sequence dims; a bias Add after a MatMul stays where it is, Gemm keeps its C and
@@ -58,7 +58,10 @@ class LowRankSvdPass(LayerwisePass):
     With `data-aware=true` and calibration data in the PassContext, each layer's input Gram XᵀX is
     collected on the partly decomposed model (layers go in waves, see `_calibration`) and the
     factors minimise the output error ‖x(W − AB)‖ (whitened SVD, SVD-LLM); without data it warns
-    and falls back to plain SVD.
+    and falls back to plain SVD. `damping` (a fraction of mean(diag XᵀX), added to the Gram)
+    moves the data-aware fit from pure whitening (0: the best fit to the calibration inputs)
+    towards the plain SVD (large: the best fit to the weight); the default 0.1 keeps the
+    directions a small calibration set never excites (`math.whitened_svd`).
 
     Options for quality (all need calibration data; without it they warn and fall back):
     `closed-loop=true` fits each layer, in topological waves, so that the compressed model's
@@ -103,6 +106,7 @@ class LowRankSvdPass(LayerwisePass):
         allocation: str = "uniform"
         refit: bool = False
         ridge: float = 0.05
+        damping: float = lrm.DEFAULT_DAMPING
         include: tuple[str, ...] = ()
         exclude: tuple[str, ...] = ()
 
@@ -114,6 +118,8 @@ class LowRankSvdPass(LayerwisePass):
                 raise ValueError(f"allocation={self.allocation} shares a rank-ratio budget; energy and rank do not apply")
             if not self.ridge > 0.0:
                 raise ValueError("ridge must be positive")
+            if not self.damping >= 0.0:
+                raise ValueError("damping must be zero or positive")
             parse_ignore(tuple(self.include))
             parse_ignore(tuple(self.exclude))
             check_fraction("rank-ratio", self.rank_ratio)
@@ -150,10 +156,12 @@ class LowRankSvdPass(LayerwisePass):
             keep = opts.rank_ratio if opts.rank_ratio is not None else DEFAULT_KEEP
             shapes = [layer.shape for layer in layers]
             if opts.allocation == "measured" and feeds:
-                curves = measure_curves(model, layers, grams, runner, feeds, opts.align, opts.min_gain)
+                curves = measure_curves(model, layers, grams, runner, feeds, opts.align, opts.min_gain,
+                                        opts.damping)
                 ranks = allocate_from_curves(shapes, curves, keep, opts.align, opts.min_gain)
             else:
-                spectra = [lrm.whitened_singular_values(layer.w_eff, grams.get(id(layer.node))) for layer in layers]
+                spectra = [lrm.whitened_singular_values(layer.w_eff, grams.get(id(layer.node)), opts.damping)
+                           for layer in layers]
                 ranks = lrm.allocate_ranks(shapes, spectra, keep, opts.align, opts.min_gain)
             for layer, rank in zip(layers, ranks):
                 self._ranks[id(layer.node)] = rank
@@ -250,13 +258,14 @@ class LowRankSvdPass(LayerwisePass):
         bias_target = None
         if acc is not None:
             bias_target = bias_value(layer, layer.node.graph) if self.options.refit else None
-            fit = fit_closed_loop(w, acc, rank, self.options.ridge, refit_bias=bias_target is not None)
+            fit = fit_closed_loop(w, acc, rank, self.options.ridge, refit_bias=bias_target is not None,
+                                  damping=self.options.damping)
             a, b, output_err = fit.a, fit.b, fit.error
             method = "closed-loop-svd" + ("+bias" if fit.delta is not None else "")
             logger.debug("%s: '%s' rank %d: output error %.4g (open loop %.4g)", self.name, layer.node.name, rank,
                          fit.error, fit.error_open)
         elif gram is not None:
-            a, b = lrm.whitened_svd(w, gram, rank)
+            a, b = lrm.whitened_svd(w, gram, rank, eps=self.options.damping)
             output_err, method = lrm.output_error(w, a, b, gram), "whitened-svd"
         else:
             a, b = lrm.truncated_svd(w, rank)

@@ -213,6 +213,33 @@ def test_refit_of_a_following_layer_outside_the_scope():
     assert err_refit < 0.97 * err_plain, (err_refit, err_plain)
 
 
+# -- whitening damping ---------------------------------------------------------------------------
+def test_damping_trades_calibration_fit_for_inputs_the_calibration_never_showed():
+    """Calibration inputs live (nearly) in 12 of 32 directions; other inputs are isotropic. Pure
+    whitening fits the calibration inputs best and spends nothing on the weight outside their
+    span; damping moves the fit towards the plain SVD, which is best for the isotropic inputs."""
+    dim = 32
+    rotation = np.linalg.qr(np.random.default_rng(11).standard_normal((dim, dim)))[0]
+
+    def shaped(n: int, seed: int, scales: np.ndarray) -> list[dict[str, np.ndarray]]:
+        rng = np.random.default_rng(seed)
+        return [{"x": ((rng.standard_normal((4, 16, dim)) * scales) @ rotation).astype(np.float32)} for _ in range(n)]
+
+    narrow = np.concatenate([np.logspace(0.5, 0, 12), np.full(dim - 12, 0.01)])
+    original, cal = chain(layers=1), shaped(16, 0, narrow)
+    like_cal, isotropic = shaped(4, 7, narrow), shaped(4, 8, np.ones(dim))
+    errors = {}
+    for damping in (0.0, 0.1, 1e3):
+        out, result = compressed(original, cal, rank=8, align=1, data_aware=True, damping=damping)
+        assert result.stats["layers"][0]["method"] == "whitened-svd"
+        errors[damping] = (rel_error(original, out, like_cal), rel_error(original, out, isotropic),
+                           result.stats["layers"][0]["weight_error"])
+    assert errors[0.0][0] < errors[0.1][0] < errors[1e3][0], errors  # calibration-like inputs
+    assert errors[1e3][1] < errors[0.1][1] < errors[0.0][1], errors  # isotropic inputs
+    _, plain = compressed(original, cal, rank=8, align=1)  # large damping = the plain SVD
+    assert errors[1e3][2] == pytest.approx(plain.stats["layers"][0]["weight_error"], rel=0.02)
+
+
 def test_include_exclude_patterns():
     model = chain(layers=3)
     result = LowRankSvdPass(rank=4, align=1, include=("re:fc[01]",), exclude=("fc1",))(model)
@@ -222,6 +249,6 @@ def test_include_exclude_patterns():
     opts = pm.passes[0].options
     assert opts.include == (r"re:intermediate/dense|layer\.\d+/output/dense",) and opts.closed_loop
     for bad in ("lowrank-svd{allocation=greedy}", "lowrank-svd{allocation=sensitivity rank=4}",
-                "lowrank-svd{include=re:(}", "lowrank-svd{ridge=0}"):
+                "lowrank-svd{include=re:(}", "lowrank-svd{ridge=0}", "lowrank-svd{damping=-1}"):
         with pytest.raises(PipelineError):
             PassManager.from_pipeline(bad)
