@@ -251,7 +251,8 @@ def whitened_svd(w: np.ndarray, gram: np.ndarray, rank: int, eps: float = 1e-6) 
     inputs, SVD-LLM) towards the plain SVD (eps → ∞: the best fit to the weight). On inputs
     unlike the calibration set, some damping generalises better: all-MiniLM-L6-v2's FFN at −25 %,
     calibrated on template paragraphs and evaluated on other sentences, keeps a mean embedding
-    cosine of 0.874 at eps = 1e-6, 0.885 at 0.1 and 0.876 at 1.
+    cosine of 0.874 at eps = 1e-6, 0.879 at 0.01, 0.884 at 0.03, 0.885 at 0.1, 0.884 at 0.3 and
+    0.876 at 1 (the passes' default is 0.1, `DEFAULT_DAMPING`).
     """
     w64 = _check_matrix(w)
     g = _as64(gram)

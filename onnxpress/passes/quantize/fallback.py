@@ -38,7 +38,7 @@ from onnxpress.ir.cost import node_cost
 from onnxpress.passes.quantize import placement as pl
 from onnxpress.passes.quantize import quant_math as qm
 
-__all__ = ["FallbackResult", "choose_float_nodes", "output_sqnr_db", "tensor_noise_db"]
+__all__ = ["FallbackResult", "FloatReference", "choose_float_nodes", "output_sqnr_db", "tensor_noise_db"]
 
 logger = logging.getLogger(__name__)
 
@@ -119,6 +119,31 @@ def nodes_touching(plan: pl.Plan) -> dict[ir.Value, set[ir.Node]]:
 # ----------------------------------------------------------------------------------------------
 # Measuring
 # ----------------------------------------------------------------------------------------------
+class FloatReference:
+    """The float model's outputs on the trial feeds, computed once for every measured trial of the
+    pass (the clipping choice of `calibration=auto` and the fallback run on the same feeds).
+
+    `outputs()` runs the model on first use; a runner failure is kept and raised again on every
+    call (as `RuntimeError` with the first line of the original message)."""
+
+    def __init__(self, model: ir.Model, ctx: Any, samples: int) -> None:
+        self.model, self.runner = model, ctx.runner
+        self.feeds = ctx.feeds(samples) if ctx.runner is not None else []
+        self.names = [v.name for v in model.graph.outputs if v.dtype == ir.DataType.FLOAT]
+        self._outputs: list[Mapping[str, Any]] | None = None
+        self._error: str | None = None
+
+    def outputs(self) -> list[Mapping[str, Any]]:
+        if self._outputs is None and self._error is None:
+            try:
+                self._outputs = self.runner.run(self.model, self.feeds)
+            except Exception as e:  # noqa: BLE001 - reported by each caller in its own terms
+                self._error = str(e).splitlines()[0][:200] if str(e) else type(e).__name__
+        if self._error is not None:
+            raise RuntimeError(self._error)
+        return self._outputs
+
+
 def output_sqnr_db(reference: Sequence[Mapping[str, Any]], results: Sequence[Mapping[str, Any]],
                    names: Sequence[str]) -> float:
     """The worst output's SQNR over all feeds: 10·log10(Σ ref² / Σ (ref - got)²)."""
@@ -167,6 +192,7 @@ def choose_float_nodes(
     max_float_macs: float = 1.0,
     timer: Callable[[ir.Model, ir.Model], float] | None = None,
     max_slowdown: float = 0.05,
+    reference: FloatReference | None = None,
 ) -> FallbackResult:
     """Tensors (noisiest first, kept only where a measured trial gains) whose nodes stay float, chosen
     greedily until the output SQNR reaches `target_db` or a budget runs out.
@@ -174,17 +200,18 @@ def choose_float_nodes(
     With a `timer` (latency of a clone relative to another, measured on the target), a tensor is
     also kept only while the model with every chosen tensor float stays within `max_slowdown` of
     the all-quantized one: a float island costs Quantize / Dequantize passes over its tensors and
-    breaks the runtime's integer fusions, which MACs do not show."""
-    feeds = ctx.feeds(samples)
-    names = [v.name for v in model.graph.outputs if v.dtype == ir.DataType.FLOAT]
+    breaks the runtime's integer fusions, which MACs do not show. `reference`: the float outputs
+    on `samples` feeds, when the caller already has them."""
+    float_ref = reference if reference is not None else FloatReference(model, ctx, samples)
+    feeds, names = float_ref.feeds, float_ref.names
     stats: dict[str, Any] = {"target_db": target_db, "samples": len(feeds)}
     if not feeds or not names or ctx.runner is None:
         stats["skipped"] = "no feeds or no float outputs"
         return FallbackResult({}, stats)
     try:
-        reference = ctx.runner.run(model, feeds)
-    except Exception as e:  # noqa: BLE001 - a model the runner cannot take is quantized without fallback
-        stats["skipped"] = f"the runner failed on the float model: {str(e).splitlines()[0][:200] if str(e) else type(e).__name__}"
+        reference_outputs = float_ref.outputs()
+    except RuntimeError as e:  # a model the runner cannot take is quantized without fallback
+        stats["skipped"] = f"the runner failed on the float model: {e}"
         return FallbackResult({}, stats)
     ranked = rank_tensors(plan, ranges, act_type, symmetric)
     touching = nodes_touching(plan)
@@ -202,7 +229,7 @@ def choose_float_nodes(
     def trial(tensors: Sequence[ir.Value]) -> float:
         clone = quantized_clone(model, quantize_clone, float_set(tensors))
         try:
-            sqnr = output_sqnr_db(reference, ctx.runner.run(clone, feeds), names)
+            sqnr = output_sqnr_db(reference_outputs, ctx.runner.run(clone, feeds), names)
         except Exception as e:  # noqa: BLE001 - a trial the runner rejects counts as the worst result
             logger.warning("fallback: trial with %d tensor(s) float failed to run: %s", len(tensors),
                            str(e).splitlines()[0][:200])

@@ -190,11 +190,12 @@ class QuantizeQdqPass(Pass):
         def quantize_clone(clone: ir.Model, keep_float: dict[ir.Node, str]) -> None:
             Builder(clone, place(clone, keep_float), opts, symmetric_acts, domain).build().apply()
 
+        reference = fb.FloatReference(model, ctx, opts.fallback_samples)  # float outputs, run once if needed
         if opts.calibration == "auto":
             def quantize_with(clone: ir.Model, using: Any) -> None:
                 Builder(clone, place(clone, using=using), opts, symmetric_acts, domain).build().apply()
 
-            ranges, stats["calibration_choice"] = self._choose_clipping(model, ctx, ranges, quantize_with)
+            ranges, stats["calibration_choice"] = self._choose_clipping(model, ctx, ranges, quantize_with, reference)
 
         plan = place(model)
         keep_float: dict[ir.Node, str] = {}
@@ -204,7 +205,7 @@ class QuantizeQdqPass(Pass):
                 act_type=qm.quant_type(opts.activations), symmetric=symmetric_acts, target_db=opts.target_sqnr,
                 max_float=opts.max_float, samples=opts.fallback_samples, max_trials=opts.fallback_trials,
                 max_float_macs=opts.max_float_macs, timer=self._timer(ctx, opts.max_slowdown, model),
-                max_slowdown=opts.max_slowdown or 0.0)
+                max_slowdown=opts.max_slowdown or 0.0, reference=reference)
             stats["fallback"] = found.stats
             if found.float_nodes:
                 plan = place(model, found.float_nodes)
@@ -272,17 +273,16 @@ class QuantizeQdqPass(Pass):
                          cache_dir=ctx.config.get("calibration_cache_dir"))
 
     def _choose_clipping(self, model: ir.Model, ctx: PassContext, ranges: dict[str, Any],
-                         quantize_with: Any) -> tuple[dict[str, Any], dict[str, Any]]:
+                         quantize_with: Any, float_ref: fb.FloatReference) -> tuple[dict[str, Any], dict[str, Any]]:
         """`calibration=auto`: the clipping rule (AUTO_CLIPS, re-derived from the same histograms)
         whose quantized model has the best output SQNR on the fallback feeds; (ranges, stats)."""
-        feeds = ctx.feeds(self.options.fallback_samples)
-        outputs = [v.name for v in model.graph.outputs if v.dtype == ir.DataType.FLOAT]
+        feeds, outputs = float_ref.feeds, float_ref.names
         if not feeds or not outputs:
             return ranges, {"skipped": "no feeds or no float outputs"}
         try:
-            reference = ctx.runner.run(model, feeds)
-        except Exception as e:  # noqa: BLE001 - keep the percentile ranges
-            return ranges, {"skipped": f"the runner failed on the float model: {str(e).splitlines()[0][:200]}"}
+            reference = float_ref.outputs()
+        except RuntimeError as e:  # keep the percentile ranges
+            return ranges, {"skipped": f"the runner failed on the float model: {e}"}
         scores: dict[str, float] = {}
         options: dict[str, dict[str, Any]] = {}
         for method, percentile in AUTO_CLIPS:

@@ -524,3 +524,24 @@ def test_calibration_auto_keeps_the_clipping_with_the_best_output_sqnr():
     assert choice["chosen"] == max(choice["sqnr_db"], key=choice["sqnr_db"].get)
     ref, got = run_both(before, model, feeds)
     assert np.linalg.norm(got - ref) / np.linalg.norm(ref) < 0.05
+
+
+def test_auto_calibration_and_fallback_share_one_float_reference_run():
+    class Counting:  # the CPU runner, counting runs of the float model itself
+        def __init__(self, inner, model):
+            self.inner, self.model, self.float_runs = inner, model, 0
+
+        def run(self, model, feeds):
+            self.float_runs += model is self.model
+            return self.inner.run(model, feeds)
+
+        def session(self, model):
+            return self.inner.session(model)
+
+    model = conv_relu_model()
+    backend = get_backend("cpu")
+    runner = Counting(backend.runner(), model)
+    with PassContext(capabilities=backend.capabilities, runner=runner, data=random_feeds(model, 8)):
+        result = QuantizeQdqPass(fallback="auto", if_slower="ignore")(model)
+    assert "chosen" in result.stats["calibration_choice"] and "sqnr_db" in result.stats["fallback"]
+    assert runner.float_runs == 1
