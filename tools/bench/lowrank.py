@@ -29,9 +29,11 @@ time, from the optimize report). The load average of the machine is recorded per
             itself emits spaces in the blank margins; the exact agreement is a column too);
             calibration on 64 other lines.
   minilm    all-MiniLM-L6-v2, FFN MatMuls (`include=` FFN below) at −25 % / −50 %: the same SVD
-            variants as ocr; TT/MPO on the FFN at max-rank 16 and 64. Fidelity: mean cosine of
-            mean-pooled sentence embeddings over text_data.EVAL_SENTENCES; calibration on
-            text_data.calibration_texts (a different kind of text).
+            variants as ocr, calibrated on text_data.calibration_texts (template paragraphs, a
+            different kind of text: domain shift) and again on text_data.CALIBRATION_SENTENCES
+            (128 other hand-written sentences of the evaluation's kind: in-domain); TT/MPO on the
+            FFN at max-rank 16 and 64. Fidelity: mean cosine of mean-pooled sentence embeddings
+            over text_data.EVAL_SENTENCES (disjoint from both calibration sets).
 """
 
 from __future__ import annotations
@@ -71,7 +73,8 @@ TOKENS = 128
 SECTIONS = ("convs", "resnet18", "ocr", "minilm")
 STACK_LABEL = "Tucker-2, 23 % of conv params (≈ 4× fewer MACs)"
 VARIANT_FILTER = ""  # --variants
-NOT_ONE_SHOT = ("closed-loop", "sensitivity", "measured")  # labels of allocation / sequential variants
+NOT_ONE_SHOT = ("closed-loop", "sensitivity", "measured")
+IN_DOMAIN = "FFN, in-domain calibration,"  # label prefix of MiniLM rows calibrated on CALIBRATION_SENTENCES  # labels of allocation / sequential variants
 
 
 def load_average() -> float:
@@ -124,11 +127,11 @@ def bench_variants(key, src, variants, calib, evals, lat_feed, fidelity, shapes,
     base_cost = cost_of(base, shapes)
     scope_total = scope_params(base, None if scope == "all" else scope) if scope else None
     rows = []
-    for label, pipeline in variants:
+    for label, pipeline, *own_calib in variants:  # a third element: this variant's calibration feeds
         dst = work / f"{key}_{len(rows)}.onnx"
         log(f"[{key}] {label}: {pipeline}")
         try:
-            info = optimize(src, pipeline, calib, dst, opt_shapes)
+            info = optimize(src, pipeline, own_calib[0] if own_calib else calib, dst, opt_shapes)
         except Exception as e:  # noqa: BLE001 - a failed variant is a row, not the end of the run
             rows.append({"label": label, "pipeline": pipeline, "error": repr(e)})
             log(f"   failed: {e!r}")
@@ -268,6 +271,22 @@ def minilm(models: Path, work: Path, repeat: int, samples: int) -> dict[str, Any
         if removed == 0.25:
             variants.append((f"FFN −{removed:.0%} closed-loop + sensitivity + refit",
                              f"O2,lowrank-svd{{{keep} closed-loop=true allocation=sensitivity refit=true {m}}}"))
+    # in-domain calibration: 128 other hand-written sentences of the evaluation's kind
+    in_domain = text_data.feeds(text_data.CALIBRATION_SENTENCES)
+    m_in = f"max-samples={len(in_domain)} align=8"
+    for removed in (0.25, 0.5):
+        keep = f"include={FFN} rank-ratio={1 - removed:g}"
+        variants += [
+            (f"{IN_DOMAIN} −{removed:.0%} data-aware, damping 0 (SVD-LLM)",
+             f"O2,lowrank-svd{{{keep} data-aware=true damping=0 {m_in}}}", in_domain),
+            (f"{IN_DOMAIN} −{removed:.0%} data-aware", f"O2,lowrank-svd{{{keep} data-aware=true {m_in}}}", in_domain),
+            (f"{IN_DOMAIN} −{removed:.0%} closed-loop + refit",
+             f"O2,lowrank-svd{{{keep} closed-loop=true refit=true {m_in}}}", in_domain),
+            (f"{IN_DOMAIN} −{removed:.0%} data-aware + measured allocation",
+             f"O2,lowrank-svd{{{keep} data-aware=true allocation=measured {m_in}}}", in_domain),
+            (f"{IN_DOMAIN} −{removed:.0%} closed-loop + measured allocation + refit",
+             f"O2,lowrank-svd{{{keep} closed-loop=true allocation=measured refit=true {m_in}}}", in_domain),
+        ]
     variants += [
         ("FFN TT/MPO max-rank 16", f"O2,lowrank-tt{{include={FFN} max-rank=16}}"),
         ("FFN TT/MPO max-rank 64", f"O2,lowrank-tt{{include={FFN} max-rank=64}}"),
@@ -346,7 +365,8 @@ def targets(results: dict[str, Any]) -> list[str]:
                    f"(whole model {base_ratio(res, stack, 'macs'):.2f}×), whole-model latency {speed:.2f}× faster "
                    f"(median {stack['base_ms']:.1f} → {stack['ms']:.1f} ms, {res.get('cores')} cores, load "
                    f"{res.get('load')}).")
-    for key, label, fid in (("minilm", "FFN", "cosine"), ("ocr", "MatMuls", "text_agreement_trim")):
+    for key, label, fid in (("minilm", "FFN", "cosine"), ("minilm", IN_DOMAIN, "cosine"),
+                            ("ocr", "MatMuls", "text_agreement_trim")):
         res = results.get(key)
         if not res:
             continue
@@ -357,7 +377,12 @@ def targets(results: dict[str, Any]) -> list[str]:
             if not one_shot or not better:
                 continue
             order = lambda r: (r["fidelity"][fid], r["fidelity"]["cosine"])  # noqa: E731 - cosine breaks ties
-            best_one, best = max(one_shot, key=order), max(better, key=order)
+            best_one = max(one_shot, key=order)
+            # at the one-shot's budget where such a variant does as well; else the best at any budget
+            equal = [r for r in better if (r.get("scope_kept") or 0.0) <= (best_one.get("scope_kept") or 0.0) + 0.005]
+            best = max(better, key=order)
+            if equal and max(equal, key=order)["fidelity"][fid] >= best["fidelity"][fid]:
+                best = max(equal, key=order)
             a, b = best["fidelity"][fid], best_one["fidelity"][fid]
             verdict = "beats" if a > b else "ties with" if a == b else "does not beat"
             tie = (f" (equal {fid}; output cosine {best['fidelity']['cosine']:.4f} vs "
@@ -380,12 +405,13 @@ def targets(results: dict[str, Any]) -> list[str]:
                        f"in-scope layers dense{where}.")
     res = results.get("minilm")
     if res:
-        at25 = [r for r in _rows(res) if r["label"].startswith("FFN −25%")]
-        if at25:
-            best = max(at25, key=lambda r: r["fidelity"]["cosine"])
-            verdict = "met" if best["fidelity"]["cosine"] >= 0.95 else "missed"
-            out.append(f"- MiniLM mean embedding cosine ≥ 0.95 at −25 % of the FFN parameters: **{verdict}** — best "
-                       f"{best['fidelity']['cosine']:.4f} ({best['label']}).")
+        for prefix, calibration in (("FFN −25%", "template paragraphs"), (f"{IN_DOMAIN} −25%", "in-domain sentences")):
+            at25 = [r for r in _rows(res) if r["label"].startswith(prefix)]
+            if at25:
+                best = max(at25, key=lambda r: r["fidelity"]["cosine"])
+                verdict = "met" if best["fidelity"]["cosine"] >= 0.95 else "missed"
+                out.append(f"- MiniLM mean embedding cosine ≥ 0.95 at −25 % of the FFN parameters, calibrated on "
+                           f"{calibration}: **{verdict}** — best {best['fidelity']['cosine']:.4f} ({best['label']}).")
         for r in _rows(res):
             if r["label"].startswith("FFN TT"):
                 out.append(f"- {r['label']}: the decomposed layers keep {_layer_ratio(r['stats'], 'params'):.3f} of "
@@ -443,14 +469,19 @@ Notes on method (they hold whatever the numbers):
   full rank, so their cosine is low at any rank and says nothing about trained networks; that table
   is about cost, speed and decomposition time. Tucker-2 and CP are weight-only (no data-aware
   variant for convs yet).
-- Whitening damping (`damping=`, default 0.1 of mean(diag XᵀX)): the data-aware fit moves from
-  the best fit to the calibration inputs (0, SVD-LLM) towards the plain SVD. On held-out
-  calibration feeds (same kind of text) damping 0 is best by far — MiniLM's FFN layers at −25 %
-  have 10× lower relative output error on held-out calibration paragraphs than on the evaluation
-  sentences — so the gain shows only on inputs unlike the calibration set, which is what the
-  evaluation here measures; compare the `damping 0` rows.
-- Calibration is deliberately not the evaluation data: MiniLM calibrates on template office / travel
-  paragraphs and is evaluated on 64 hand-written sentences; rec calibrates on 64 rendered lines and
+- Whitening damping (`damping=`, default 0.03 of mean(diag XᵀX)): the data-aware fit moves from
+  the best fit to the calibration inputs (0, SVD-LLM) towards the plain SVD. It pays on inputs
+  unlike the calibration set: MiniLM's FFN layers at −25 %, whitened on the template paragraphs,
+  have about 10× lower relative output error on held-out template paragraphs than on the
+  evaluation sentences. Calibrated in-domain, damping costs a little instead; compare the
+  `damping 0` rows of both MiniLM calibrations.
+- Fidelity steps: on rec one decoded line of the 128 is 0.0078 of text agreement; MiniLM's cosine
+  is a mean over 64 sentences. The target lines compare the best one-shot row (damping 0 or the
+  default) with the best allocation / closed-loop row at the same parameter budget where one does
+  as well, output cosine breaking ties.
+- Calibration is never the evaluation data: MiniLM calibrates on template office / travel
+  paragraphs (domain shift) or on 128 other hand-written sentences (in-domain, the `in-domain
+  calibration` rows) and is evaluated on 64 hand-written sentences; rec calibrates on 64 rendered lines and
   is evaluated on 128 others. No fine-tuning anywhere.
 - `allocation=sensitivity` shares one budget greedily by each layer's own relative output error
   (whitened tail energy on the calibration inputs) per parameter saved. It does not see how a

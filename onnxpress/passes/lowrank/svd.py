@@ -1,7 +1,7 @@
 """LowRankSvdPass: a linear layer's weight replaced by two thin factors, y = (x·A)·B.
 
 `lowrank-svd{rank-ratio= energy= rank= data-aware=false min-gain=0.1 align=8 closed-loop=false
-allocation=uniform|sensitivity|measured refit=false ridge=0.05 damping=0.1 include= exclude=}` turns
+allocation=uniform|sensitivity|measured refit=false ridge=0.05 damping=0.03 include= exclude=}` turns
 `MatMul(x, W)` into `MatMul(MatMul(x, A), B)` and `Gemm(x, B, C)` into `Gemm(Gemm(x, A), B', C)`
 (`MatMul` where the Gemm has no C and no transA), with W ≈ A·B of rank r. x may have any number
 of leading batch / sequence dims; a bias Add after a MatMul stays where it is, Gemm keeps its C and
@@ -60,7 +60,7 @@ class LowRankSvdPass(LayerwisePass):
     factors minimise the output error ‖x(W − AB)‖ (whitened SVD, SVD-LLM); without data it warns
     and falls back to plain SVD. `damping` (a fraction of mean(diag XᵀX), added to the Gram)
     moves the data-aware fit from pure whitening (0: the best fit to the calibration inputs)
-    towards the plain SVD (large: the best fit to the weight); the default 0.1 keeps the
+    towards the plain SVD (large: the best fit to the weight); the default 0.03 keeps the
     directions a small calibration set never excites (`math.whitened_svd`).
 
     Options for quality (all need calibration data; without it they warn and fall back):
