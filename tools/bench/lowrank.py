@@ -214,6 +214,29 @@ def resnet18(work: Path, repeat: int) -> dict[str, Any]:
                           scope=None)
 
 
+#: The lowrank-svd variants compared on a real model: (label suffix, options besides rank and samples).
+SVD_VARIANTS = (
+    ("data-aware, damping 0 (SVD-LLM)", "data-aware=true damping=0"),
+    ("data-aware", "data-aware=true"),
+    ("closed-loop + refit", "closed-loop=true refit=true"),
+    ("data-aware + measured allocation", "data-aware=true allocation=measured"),
+    ("closed-loop + measured allocation + refit", "closed-loop=true allocation=measured refit=true"),
+)
+
+
+def svd_variants(prefix: str, scope: str, samples: str, *, plain: bool = True, sensitivity: bool = False,
+                 calib: list | None = None) -> list[tuple]:
+    """(label, pipeline[, calibration feeds]) of the plain SVD row and SVD_VARIANTS at one budget
+    (`scope`: the rank-ratio and include options); `calib` replaces the section's calibration."""
+    own = (calib,) if calib is not None else ()
+    rows = [(f"{prefix} plain SVD", f"O2,lowrank-svd{{{scope} align=8}}")] if plain else []
+    extras = SVD_VARIANTS + ((("closed-loop + sensitivity + refit",
+                                "closed-loop=true allocation=sensitivity refit=true"),) if sensitivity else ())
+    for label, options in extras:
+        rows.append((f"{prefix} {label}", f"O2,lowrank-svd{{{scope} {options} {samples}}}", *own))
+    return rows
+
+
 def ocr(models: Path, work: Path, repeat: int, samples: int) -> dict[str, Any]:
     from tools.bench import ocr_data
 
@@ -224,22 +247,7 @@ def ocr(models: Path, work: Path, repeat: int, samples: int) -> dict[str, Any]:
     m = f"max-samples={samples} align=8"
     variants = []
     for keep in (0.75, 0.5, 0.35):
-        removed = f"−{1 - keep:.0%}"
-        variants += [
-            (f"MatMuls {removed} plain SVD", f"O2,lowrank-svd{{rank-ratio={keep} align=8}}"),
-            (f"MatMuls {removed} data-aware, damping 0 (SVD-LLM)",
-             f"O2,lowrank-svd{{rank-ratio={keep} data-aware=true damping=0 {m}}}"),
-            (f"MatMuls {removed} data-aware", f"O2,lowrank-svd{{rank-ratio={keep} data-aware=true {m}}}"),
-            (f"MatMuls {removed} closed-loop + refit",
-             f"O2,lowrank-svd{{rank-ratio={keep} closed-loop=true refit=true {m}}}"),
-            (f"MatMuls {removed} data-aware + measured allocation",
-             f"O2,lowrank-svd{{rank-ratio={keep} data-aware=true allocation=measured {m}}}"),
-            (f"MatMuls {removed} closed-loop + measured allocation + refit",
-             f"O2,lowrank-svd{{rank-ratio={keep} closed-loop=true allocation=measured refit=true {m}}}"),
-        ]
-        if keep == 0.75:
-            variants.append((f"MatMuls {removed} closed-loop + sensitivity + refit",
-                             f"O2,lowrank-svd{{rank-ratio={keep} closed-loop=true allocation=sensitivity refit=true {m}}}"))
+        variants += svd_variants(f"MatMuls −{1 - keep:.0%}", f"rank-ratio={keep}", m, sensitivity=keep == 0.75)
     variants.append(("k×k convs Tucker-2, 50 % of their params", "O2,lowrank-tucker{rank-ratio=0.5 align=8}"))
     return bench_variants("ocr", models / "ppocrv4_rec.onnx", variants, [{"x": x} for x in cal],
                           [{"x": x} for x in lines], {"x": lines[0]}, make_fidelity_rec(chars, truth), shapes, work,
@@ -256,37 +264,13 @@ def minilm(models: Path, work: Path, repeat: int, samples: int) -> dict[str, Any
     m = f"max-samples={samples} align=8"
     variants = []
     for removed in (0.25, 0.5):
-        keep = f"include={FFN} rank-ratio={1 - removed:g}"
-        variants += [
-            (f"FFN −{removed:.0%} plain SVD", f"O2,lowrank-svd{{{keep} align=8}}"),
-            (f"FFN −{removed:.0%} data-aware, damping 0 (SVD-LLM)",
-             f"O2,lowrank-svd{{{keep} data-aware=true damping=0 {m}}}"),
-            (f"FFN −{removed:.0%} data-aware", f"O2,lowrank-svd{{{keep} data-aware=true {m}}}"),
-            (f"FFN −{removed:.0%} closed-loop + refit", f"O2,lowrank-svd{{{keep} closed-loop=true refit=true {m}}}"),
-            (f"FFN −{removed:.0%} data-aware + measured allocation",
-             f"O2,lowrank-svd{{{keep} data-aware=true allocation=measured {m}}}"),
-            (f"FFN −{removed:.0%} closed-loop + measured allocation + refit",
-             f"O2,lowrank-svd{{{keep} closed-loop=true allocation=measured refit=true {m}}}"),
-        ]
-        if removed == 0.25:
-            variants.append((f"FFN −{removed:.0%} closed-loop + sensitivity + refit",
-                             f"O2,lowrank-svd{{{keep} closed-loop=true allocation=sensitivity refit=true {m}}}"))
+        variants += svd_variants(f"FFN −{removed:.0%}", f"include={FFN} rank-ratio={1 - removed:g}", m,
+                                 sensitivity=removed == 0.25)
     # in-domain calibration: 128 other hand-written sentences of the evaluation's kind
     in_domain = text_data.feeds(text_data.CALIBRATION_SENTENCES)
-    m_in = f"max-samples={len(in_domain)} align=8"
     for removed in (0.25, 0.5):
-        keep = f"include={FFN} rank-ratio={1 - removed:g}"
-        variants += [
-            (f"{IN_DOMAIN} −{removed:.0%} data-aware, damping 0 (SVD-LLM)",
-             f"O2,lowrank-svd{{{keep} data-aware=true damping=0 {m_in}}}", in_domain),
-            (f"{IN_DOMAIN} −{removed:.0%} data-aware", f"O2,lowrank-svd{{{keep} data-aware=true {m_in}}}", in_domain),
-            (f"{IN_DOMAIN} −{removed:.0%} closed-loop + refit",
-             f"O2,lowrank-svd{{{keep} closed-loop=true refit=true {m_in}}}", in_domain),
-            (f"{IN_DOMAIN} −{removed:.0%} data-aware + measured allocation",
-             f"O2,lowrank-svd{{{keep} data-aware=true allocation=measured {m_in}}}", in_domain),
-            (f"{IN_DOMAIN} −{removed:.0%} closed-loop + measured allocation + refit",
-             f"O2,lowrank-svd{{{keep} closed-loop=true allocation=measured refit=true {m_in}}}", in_domain),
-        ]
+        variants += svd_variants(f"{IN_DOMAIN} −{removed:.0%}", f"include={FFN} rank-ratio={1 - removed:g}",
+                                 f"max-samples={len(in_domain)} align=8", plain=False, calib=in_domain)
     variants += [
         ("FFN TT/MPO max-rank 16", f"O2,lowrank-tt{{include={FFN} max-rank=16}}"),
         ("FFN TT/MPO max-rank 64", f"O2,lowrank-tt{{include={FFN} max-rank=64}}"),
