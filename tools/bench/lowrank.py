@@ -24,7 +24,8 @@ time, from the optimize report). The load average of the machine is recorded per
             (SVD-LLM) and with the default damping; closed-loop + refit at uniform ranks;
             data-aware and closed-loop + refit with measured (end-to-end) allocation; at −25 % also
             closed-loop + spectral sensitivity allocation + refit; the three k×k group=1 convs by
-            Tucker-2. Fidelity: decoded-text agreement with the baseline (CTC greedy, the model's
+            Tucker-2 (proportional ranks, spectral ranks, spectral ranks + refit); and the CLI
+            shorthand `--lowrank 0.3 --data`. Fidelity: decoded-text agreement with the baseline (CTC greedy, the model's
             own alphabet) on 128 rendered lines, ignoring leading / trailing spaces (the baseline
             itself emits spaces in the blank margins; the exact agreement is a column too);
             calibration on 64 other lines.
@@ -89,10 +90,15 @@ def optimize(src, pipeline: str, data, dst: Path, shapes=None) -> dict[str, Any]
     wall = time.perf_counter() - t
     result.save(dst)
     lowrank = [p for p in result.report.passes if p["name"].startswith("lowrank")]
-    stats = lowrank[0]["stats"] if lowrank else {}
+    stats: dict[str, Any] = {}
+    for record in lowrank:  # several low-rank passes (the CLI shorthand): counts add up
+        for key, value in record["stats"].items():
+            if key in ("layers", "refits"):
+                continue
+            summed = key in ("decomposed", "skipped") or key.startswith(("params_", "macs_"))
+            stats[key] = stats.get(key, 0) + value if summed and isinstance(value, int) else value
     return {"path": str(dst), "pipeline": pipeline, "seconds": round(wall, 1),
-            "pass_seconds": round(sum(float(p.get("seconds", 0.0)) for p in lowrank), 2),
-            "stats": {k: v for k, v in stats.items() if k not in ("layers", "refits")}}
+            "pass_seconds": round(sum(float(p.get("seconds", 0.0)) for p in lowrank), 2), "stats": stats}
 
 
 def scope_params(path: Path, include: str | None) -> int:
@@ -238,6 +244,7 @@ def svd_variants(prefix: str, scope: str, samples: str, *, plain: bool = True, s
 
 
 def ocr(models: Path, work: Path, repeat: int, samples: int) -> dict[str, Any]:
+    from onnxpress.passes.lowrank import lowrank_fragment
     from tools.bench import ocr_data
 
     lines, truth = ocr_data.text_lines(128, seed=7)
@@ -248,7 +255,13 @@ def ocr(models: Path, work: Path, repeat: int, samples: int) -> dict[str, Any]:
     variants = []
     for keep in (0.75, 0.5, 0.35):
         variants += svd_variants(f"MatMuls −{1 - keep:.0%}", f"rank-ratio={keep}", m, sensitivity=keep == 0.75)
-    variants.append(("k×k convs Tucker-2, 50 % of their params", "O2,lowrank-tucker{rank-ratio=0.5 align=8}"))
+    variants += [
+        ("k×k convs Tucker-2, 50 % of their params", "O2,lowrank-tucker{rank-ratio=0.5 align=8}"),
+        ("k×k convs Tucker-2, 50 %, spectral ranks", "O2,lowrank-tucker{rank-ratio=0.5 align=8 rank-select=spectra}"),
+        ("k×k convs Tucker-2, 50 %, spectral ranks + refit",
+         f"O2,lowrank-tucker{{rank-ratio=0.5 align=8 rank-select=spectra refit=true max-samples={samples}}}"),
+        ("`--lowrank 0.3 --data` (CLI shorthand)", "O2," + lowrank_fragment(0.3, data=True)),
+    ]
     return bench_variants("ocr", models / "ppocrv4_rec.onnx", variants, [{"x": x} for x in cal],
                           [{"x": x} for x in lines], {"x": lines[0]}, make_fidelity_rec(chars, truth), shapes, work,
                           repeat, opt_shapes=shapes)

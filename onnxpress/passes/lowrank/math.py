@@ -48,6 +48,7 @@ __all__ = [
     "tucker2_conv",
     "tucker2_cost",
     "tucker2_reconstruct",
+    "tucker_ranks_by_spectra",
     "tucker_ranks_for_ratio",
     "whitened_singular_values",
     "whitened_svd",
@@ -401,5 +402,6 @@ from onnxpress.passes.lowrank.tensor_math import (  # noqa: E402
     tucker2_conv,
     tucker2_cost,
     tucker2_reconstruct,
+    tucker_ranks_by_spectra,
     tucker_ranks_for_ratio,
 )
