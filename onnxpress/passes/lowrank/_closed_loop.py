@@ -13,7 +13,7 @@ With a bias to correct (a MatMul's bias Add, a Gemm's C), the second factor B an
 correction are refitted by ridge least squares given A, from the same statistics projected on
 `[X_c A 1]` (no extra run). Linear layers that are *not* decomposed but follow a decomposed one
 through element-wise ops only (W1 → bias → GELU → W2 with only W1 in scope) are refitted with
-pruning's sequential least-squares reconstruction (`reconstruct._refit`).
+pruning's sequential least-squares reconstruction (`reconstruct.refit_layer`).
 """
 
 from __future__ import annotations

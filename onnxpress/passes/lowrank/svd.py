@@ -39,7 +39,7 @@ from onnxpress.passes.lowrank._records import LayerRecord, check_fraction, decom
 from onnxpress.passes.lowrank._sensitivity import allocate_from_curves, measure_curves
 from onnxpress.passes.manager import PassContext
 from onnxpress.passes.pruning.prune_channels import parse_ignore
-from onnxpress.passes.pruning.reconstruct import _refit
+from onnxpress.passes.pruning.reconstruct import refit_layer
 from onnxpress.passes.registry import register_pass
 
 __all__ = ["LowRankSvdPass"]
@@ -192,7 +192,7 @@ class LowRankSvdPass(LayerwisePass):
             records += done
             for layer in wave:
                 if id(layer.node) in follower_ids:
-                    result_ = _refit(follower_layer(layer, graph), original, model, runner, feeds, opts.ridge,
+                    result_ = refit_layer(follower_layer(layer, graph), original, model, runner, feeds, opts.ridge,
                                      2048, rng)
                     refits[layer.node.name or ""] = result_
             if opts.refit and original is not None:

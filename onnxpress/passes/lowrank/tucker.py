@@ -36,7 +36,7 @@ from onnxpress.passes.lowrank._records import (
 )
 from onnxpress.passes.manager import PassContext
 from onnxpress.passes.pruning.layers import RefitLayer
-from onnxpress.passes.pruning.reconstruct import _refit
+from onnxpress.passes.pruning.reconstruct import refit_layer
 from onnxpress.passes.registry import register_pass
 
 __all__ = ["LowRankTuckerPass"]
@@ -136,7 +136,7 @@ class LowRankTuckerPass(LayerwisePass):
             if id(node) not in last:
                 continue
             bias = node.inputs[2] if len(node.inputs) > 2 else None
-            refits[last[id(node)]] = _refit(RefitLayer(node, node.inputs[1], bias), original, model, runner, feeds,
+            refits[last[id(node)]] = refit_layer(RefitLayer(node, node.inputs[1], bias), original, model, runner, feeds,
                                             None if self.options.auto_ridge else self.options.ridge,
                                             REFIT_ROWS_PER_FEED, rng)
         done = sum(bool(r.get("refitted")) for r in refits.values())

@@ -31,7 +31,7 @@ from onnxpress.passes.pruning.calibration import GramAccumulator, iter_values
 from onnxpress.passes.pruning.layers import RefitLayer, bias_add, conv_rows, is_constant, only_user, unsupported_transpose
 from onnxpress.passes.pruning.plan import PruningPlan
 
-__all__ = ["reconstruct_consumers", "conv_rows", "MAX_ROWS_PER_FEED"]
+__all__ = ["reconstruct_consumers", "refit_layer", "conv_rows", "MAX_ROWS_PER_FEED"]
 
 logger = logging.getLogger(__name__)
 
@@ -146,7 +146,7 @@ def reconstruct_consumers(original: ir.Model, model: ir.Model, plan: PruningPlan
         layers.append(layer)
     if sequential:
         for layer in layers:
-            stats["per_layer"][layer.name] = _refit(layer, original, model, ctx.runner, feeds, ridge,
+            stats["per_layer"][layer.name] = refit_layer(layer, original, model, ctx.runner, feeds, ridge,
                                                     _row_cap(layer, max_rows_per_feed), rng)
     else:
         for batch in _batches(layers):
@@ -167,8 +167,8 @@ def reconstruct_consumers(original: ir.Model, model: ir.Model, plan: PruningPlan
     return stats
 
 
-def _refit(layer: RefitLayer, original: ir.Model, model: ir.Model, runner: Any, feeds: list,
-           ridge: float | None, cap: int, rng: np.random.Generator) -> dict[str, Any]:
+def refit_layer(layer: RefitLayer, original: ir.Model, model: ir.Model, runner: Any, feeds: list,
+                ridge: float | None, cap: int, rng: np.random.Generator) -> dict[str, Any]:
     """Refit one layer against the original's output, from the inputs `model` feeds it now."""
     acc = _SplitGram(*layer.effective()[0].shape, feeds=len(feeds))
     x_name, y_name = layer.node.inputs[0].name, layer.node.outputs[0].name
