@@ -40,28 +40,28 @@ def tucker_ranks_for_ratio(w_shape: Sequence[int], keep: float) -> tuple[int, in
 
 
 def tucker_ranks_by_spectra(w: np.ndarray, keep: float, align: int = 1) -> tuple[int, int]:
-    """(r_out, r_in) that keep the most of the kernel within `keep` of its parameters.
+    """(r_out, r_in) whose HOSVD keeps the most of the kernel within `keep` of its parameters.
 
-    Over the grid of ranks that are multiples of `align` (or the full channel count), the pair with
-    the smallest HOSVD error bound — the squared singular values dropped from the output-channel
-    unfolding plus those dropped from the input-channel one, over ‖W‖² — among the pairs whose
-    chain (a full-rank mode folded into the core, as the pass emits it) has at most
-    `keep·Cout·Cin·kh·kw` parameters; fewer parameters break ties (errors equal to 1e-10). Unlike `tucker_ranks_for_ratio`
-    this follows the kernel: a 1×3 conv 480 → 60 keeps its 60 outputs and compresses its inputs
-    (proportional ranks would cut the outputs to 8). The full ranks (Cout, Cin), which the pass's
-    cost gate refuses, where no pair fits the budget.
+    With U_out, U_in the singular vectors of the output- and input-channel unfoldings, the HOSVD
+    at ranks (r_out, r_in) keeps the energy of the leading r_out × r_in block of the rotated kernel
+    U_outᵀ ×₀ W ×₁ U_in, so one rotation and a 2-D cumulative sum give the exact truncation error
+    of every pair. Over the ranks that are multiples of `align` (or the full channel count), the
+    pair with the smallest error among those whose chain (a full-rank mode folded into the core,
+    as the pass emits it) has at most `keep·Cout·Cin·kh·kw` parameters; fewer parameters break
+    ties (errors equal to 1e-10). Unlike `tucker_ranks_for_ratio` this follows the kernel: a 1×3
+    conv 480 → 60 keeps its 60 outputs and compresses its inputs (proportional ranks would cut the
+    outputs to 8). The full ranks (Cout, Cin), which the pass's cost gate refuses, where no pair
+    fits the budget.
     """
     w64 = np.asarray(w, np.float64)
     c_out, c_in, kh, kw = w64.shape
     taps = kh * kw
+    u_out = _leading_vectors(w64.reshape(c_out, -1), c_out)
+    u_in = _leading_vectors(np.moveaxis(w64, 1, 0).reshape(c_in, -1), c_in)
+    rotated = np.tensordot(u_out.T, w64.reshape(c_out, c_in, taps), axes=1)  # [r_out, Cin, taps]
+    rotated = np.einsum("riy,is->rsy", rotated, u_in, optimize=True)
+    kept = np.cumsum(np.cumsum(np.sum(rotated * rotated, axis=2), axis=0), axis=1)  # kept[r-1, s-1]
     total = float(np.sum(w64 * w64)) or 1.0
-
-    def tails(unfolding: np.ndarray) -> np.ndarray:  # tails[r]: energy dropped at rank r
-        energy = np.sort(np.linalg.eigvalsh(unfolding @ unfolding.T).clip(min=0.0))[::-1]
-        return np.concatenate([np.cumsum(energy[::-1])[::-1], [0.0]]) / total
-
-    tail_out = tails(w64.reshape(c_out, -1))
-    tail_in = tails(np.moveaxis(w64, 1, 0).reshape(c_in, -1))
 
     def grid(c: int) -> list[int]:
         return sorted({*range(align, c, align), c})
@@ -73,7 +73,8 @@ def tucker_ranks_by_spectra(w: np.ndarray, keep: float, align: int = 1) -> tuple
             params = r_out * r_in * taps + (r_in * c_in if r_in < c_in else 0) + (c_out * r_out if r_out < c_out else 0)
             if r_in == c_in and r_out == c_out or params > budget:
                 continue
-            key = (round(float(tail_out[r_out] + tail_in[r_in]), 10), params, r_out, r_in)  # rounding: ties
+            error = round(1.0 - float(kept[r_out - 1, r_in - 1]) / total, 10)  # rounding: ties
+            key = (error, params, r_out, r_in)
             if best is None or key < best:
                 best = key
     return (best[2], best[3]) if best is not None else (c_out, c_in)
