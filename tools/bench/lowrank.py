@@ -213,6 +213,7 @@ def resnet18(work: Path, repeat: int) -> dict[str, Any]:
     variants = [("Tucker-2, 50 % of conv params", "O2,lowrank-tucker{rank-ratio=0.5 align=8}"),
                 (STACK_LABEL, "O2,lowrank-tucker{rank-ratio=0.23 align=8}"),
                 ("Tucker-2, 23 %, HOSVD only", "O2,lowrank-tucker{rank-ratio=0.23 align=8 hooi-iters=0}"),
+                ("Tucker-2, 23 %, spectral ranks", "O2,lowrank-tucker{rank-ratio=0.23 align=8 rank-select=spectra}"),
                 ("CP, 23 % of conv params (10 ALS sweeps)", "O2,lowrank-cp{rank-ratio=0.23 max-iters=10}"),
                 ("CP, 10 % of conv params (10 ALS sweeps)", "O2,lowrank-cp{rank-ratio=0.1 max-iters=10}")]
     shapes = {"input": [1, 3, 224, 224]}
