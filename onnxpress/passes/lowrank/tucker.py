@@ -19,21 +19,13 @@ from collections import Counter
 import numpy as np
 import onnx_ir as ir
 
+from onnxpress.passes.base import PassResult
 from onnxpress.passes.cleanup import _util as u
 from onnxpress.passes.lowrank import math as lrm
 from onnxpress.passes.lowrank._base import DEFAULT_KEEP, LayerwisePass, check_common, check_rank_options
 from onnxpress.passes.lowrank._emit import Replacement
 from onnxpress.passes.lowrank._layers import ConvLayer, conv_attributes, conv_dims, conv_sizes, convs
-from onnxpress.passes.base import PassResult
-from onnxpress.passes.lowrank._emit import node_names
-from onnxpress.passes.lowrank._records import (
-    LayerRecord,
-    check_fraction,
-    decompose_each,
-    gate,
-    relative_error,
-    result,
-)
+from onnxpress.passes.lowrank._records import LayerRecord, check_fraction, gate, relative_error
 from onnxpress.passes.manager import PassContext
 from onnxpress.passes.pruning.layers import RefitLayer
 from onnxpress.passes.pruning.reconstruct import refit_layer
@@ -55,9 +47,9 @@ class LowRankTuckerPass(LayerwisePass):
     kernel's parameters (0.5 when no option is given); chosen ranks are rounded to multiples of
     `align` where that stays below the channel count. With `rank-ratio`, `rank-select=proportional`
     (the default) takes ranks proportional to the channel counts, `rank-select=spectra` the pair
-    that drops the least of the two channel unfoldings' energy within the same parameter budget
-    (`math.tucker_ranks_by_spectra`: it keeps the output channels of a wide-to-narrow conv). Skips grouped and depthwise convs, 1×1 and
-    1-D / 3-D convs, dynamic or shared kernels, custom domains and subgraphs; the gate refuses what
+    whose HOSVD keeps the most of the kernel within the same parameter budget
+    (`math.tucker_ranks_by_spectra`: it keeps the output channels of a wide-to-narrow conv).
+    Skips grouped and depthwise convs, 1×1 and 1-D / 3-D convs, dynamic or shared kernels, custom domains and subgraphs; the gate refuses what
     does not remove `min-gain` of params and MACs. The factors are the HOSVD refined by at most
     `hooi-iters` HOOI sweeps (0: HOSVD only); deterministic, about a second per 512-channel 3×3
     kernel.
@@ -117,28 +109,21 @@ class LowRankTuckerPass(LayerwisePass):
                          "chains not refitted")
             feeds = []
         original = model.clone() if feeds else None
-        skipped: Counter[str] = Counter()
-        names, taken = u.NameScope(model), node_names(model.graph)
-        self._last: dict[str, ir.Node] = {}  # record's node name -> last conv of its chain
-        records = decompose_each(self.candidates(model, skipped), lambda layer: self.decompose(layer, names, taken),
-                                 self.name, skipped)
-        out = result(model, self.name, records, skipped)
-        if original is not None and records:
+        self._last: dict[int, str] = {}  # id(last conv of a chain) -> the decomposed node's name
+        out = super().run(model, am)
+        if original is not None and self._last:
             out.stats["refits"] = self._refit_chains(original, model, ctx.runner, feeds)
         return out
 
     def _refit_chains(self, original: ir.Model, model: ir.Model, runner: object, feeds: list) -> dict[str, object]:
         """Refit the last conv of every chain, in graph order (see the class docstring)."""
-        last = {id(node): name for name, node in self._last.items()}
+        ridge = None if self.options.auto_ridge else self.options.ridge
         rng = np.random.default_rng(0)
         refits: dict[str, object] = {}
-        for node in list(model.graph):
-            if id(node) not in last:
-                continue
+        for node in [node for node in model.graph if id(node) in self._last]:
             bias = node.inputs[2] if len(node.inputs) > 2 else None
-            refits[last[id(node)]] = refit_layer(RefitLayer(node, node.inputs[1], bias), original, model, runner, feeds,
-                                            None if self.options.auto_ridge else self.options.ridge,
-                                            REFIT_ROWS_PER_FEED, rng)
+            refits[self._last[id(node)]] = refit_layer(RefitLayer(node, node.inputs[1], bias), original, model, runner,
+                                                       feeds, ridge, REFIT_ROWS_PER_FEED, rng)
         done = sum(bool(r.get("refitted")) for r in refits.values())
         logger.info("%s: refitted %d of %d chains", self.name, done, len(refits))
         return refits
@@ -191,8 +176,8 @@ class LowRankTuckerPass(LayerwisePass):
         if keep_last:
             h = rep.op("Conv", [h, rep.weight_value("tucker_last", last), layer.bias], "tucker_last", None)
         rep.commit(h)
-        if hasattr(self, "_last"):
-            self._last[layer.node.name or ""] = rep.nodes[-1]
+        if hasattr(self, "_last"):  # set by run
+            self._last[id(rep.nodes[-1])] = layer.node.name or rep.nodes[-1].name
         method = "tucker2" if keep_first and keep_last else "tucker1"
         return LayerRecord(node=layer.node.name or "", op="Conv", method=method,
                            ranks=(r_out, r_in), params=(params[0], rep.params), macs=macs, weight_error=error)
