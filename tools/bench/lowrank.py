@@ -24,8 +24,8 @@ time, from the optimize report). The load average of the machine is recorded per
             (SVD-LLM) and with the default damping; closed-loop + refit at uniform ranks;
             data-aware and closed-loop + refit with measured (end-to-end) allocation; at −25 % also
             closed-loop + spectral sensitivity allocation + refit; the three k×k group=1 convs by
-            Tucker-2 (proportional ranks, spectral ranks, spectral ranks + refit); and the CLI
-            shorthand `--lowrank 0.3 --data`. Fidelity: decoded-text agreement with the baseline (CTC greedy, the model's
+            Tucker-2 (ranks by the kernels' spectra, the default; proportional ranks; + refit);
+            and the CLI shorthand `--lowrank 0.3 --data`. Fidelity: decoded-text agreement with the baseline (CTC greedy, the model's
             own alphabet) on 128 rendered lines, ignoring leading / trailing spaces (the baseline
             itself emits spaces in the blank margins; the exact agreement is a column too);
             calibration on 64 other lines.
@@ -213,7 +213,8 @@ def resnet18(work: Path, repeat: int) -> dict[str, Any]:
     variants = [("Tucker-2, 50 % of conv params", "O2,lowrank-tucker{rank-ratio=0.5 align=8}"),
                 (STACK_LABEL, "O2,lowrank-tucker{rank-ratio=0.23 align=8}"),
                 ("Tucker-2, 23 %, HOSVD only", "O2,lowrank-tucker{rank-ratio=0.23 align=8 hooi-iters=0}"),
-                ("Tucker-2, 23 %, spectral ranks", "O2,lowrank-tucker{rank-ratio=0.23 align=8 rank-select=spectra}"),
+                ("Tucker-2, 23 %, proportional ranks",
+                 "O2,lowrank-tucker{rank-ratio=0.23 align=8 rank-select=proportional}"),
                 ("CP, 23 % of conv params (10 ALS sweeps)", "O2,lowrank-cp{rank-ratio=0.23 max-iters=10}"),
                 ("CP, 10 % of conv params (10 ALS sweeps)", "O2,lowrank-cp{rank-ratio=0.1 max-iters=10}")]
     shapes = {"input": [1, 3, 224, 224]}
@@ -257,10 +258,10 @@ def ocr(models: Path, work: Path, repeat: int, samples: int) -> dict[str, Any]:
     for keep in (0.75, 0.5, 0.35):
         variants += svd_variants(f"MatMuls −{1 - keep:.0%}", f"rank-ratio={keep}", m, sensitivity=keep == 0.75)
     variants += [
+        ("k×k convs Tucker-2, 50 %, proportional ranks",
+         "O2,lowrank-tucker{rank-ratio=0.5 align=8 rank-select=proportional}"),
         ("k×k convs Tucker-2, 50 % of their params", "O2,lowrank-tucker{rank-ratio=0.5 align=8}"),
-        ("k×k convs Tucker-2, 50 %, spectral ranks", "O2,lowrank-tucker{rank-ratio=0.5 align=8 rank-select=spectra}"),
-        ("k×k convs Tucker-2, 50 %, spectral ranks + refit",
-         f"O2,lowrank-tucker{{rank-ratio=0.5 align=8 rank-select=spectra refit=true max-samples={samples}}}"),
+        ("k×k convs Tucker-2, 50 % + refit", f"O2,lowrank-tucker{{rank-ratio=0.5 align=8 refit=true max-samples={samples}}}"),
         ("`--lowrank 0.3 --data` (CLI shorthand)", "O2," + lowrank_fragment(0.3, data=True)),
     ]
     return bench_variants("ocr", models / "ppocrv4_rec.onnx", variants, [{"x": x} for x in cal],

@@ -17,4 +17,4 @@ def lowrank_fragment(ratio: float, data: bool) -> str:
     keep = f"{1.0 - ratio:.6g}"
     aware, refit = (" data-aware=true", " refit=true") if data else ("", "")
     return (f"lowrank-svd{{rank-ratio={keep}{aware} align=8}},"
-            f"lowrank-tucker{{rank-ratio={keep} align=8 rank-select=spectra{refit}}}")
+            f"lowrank-tucker{{rank-ratio={keep} align=8{refit}}}")

@@ -290,9 +290,11 @@ def test_tucker_spectral_ranks_keep_what_the_kernel_uses_within_the_budget():
     # no pair fits: full ranks, which the cost gate refuses
     assert lrm.tucker_ranks_by_spectra(rand(16, 3, 3, 3), keep=0.5, align=8) == (16, 3)
     model = conv_model(w, [2, 480, 4, 16], pads=[0, 1, 0, 1])
-    original, result = apply(LowRankTuckerPass(rank_ratio=0.5, rank_select="spectra"), model)
+    original, result = apply(LowRankTuckerPass(rank_ratio=0.5), model)  # rank-select=spectra: the default
     assert result.stats["layers"][0]["ranks"] == [24, 16] and result.stats["layers"][0]["method"] == "tucker1"
     assert max_diff(original, model, feeds_for([2, 480, 4, 16])) <= 1e-4
+    _, proportional = apply(LowRankTuckerPass(rank_ratio=0.5, rank_select="proportional"), conv_model(w, [1, 480, 4, 16]))
+    assert proportional.stats["layers"][0]["ranks"][0] <= 8
     with pytest.raises(PipelineError):
         PassManager.from_pipeline("lowrank-tucker{rank-select=greedy}")
 
@@ -427,10 +429,10 @@ def test_tt_include_exclude_scope():
 def test_lowrank_fragment_is_a_valid_pipeline():
     text = lowrank_fragment(0.3, data=True)
     assert text == ("lowrank-svd{rank-ratio=0.7 data-aware=true align=8},"
-                    "lowrank-tucker{rank-ratio=0.7 align=8 rank-select=spectra refit=true}")
+                    "lowrank-tucker{rank-ratio=0.7 align=8 refit=true}")
     pm = PassManager.from_pipeline(text)
     assert [p.options.rank_ratio for p in pm.passes] == [0.7, 0.7]
-    assert pm.passes[1].options.rank_select == "spectra" and pm.passes[1].options.refit
+    assert pm.passes[1].options.rank_select == "spectra" and pm.passes[1].options.refit  # spectra: the default
     assert "data-aware" not in lowrank_fragment(0.5, data=False) and "refit" not in lowrank_fragment(0.5, data=False)
     assert PassManager.from_pipeline("lowrank-tucker{ranks=4,3}").to_text() == "lowrank-tucker{ranks=4,3}"
     with pytest.raises(PipelineError):
