@@ -466,8 +466,9 @@ Notes on method (they hold whatever the numbers):
   mode's size); `hooi-iters=0` is the HOSVD alone.
 - ResNet-18 has seeded random weights (no trained weights offline): random kernels are close to
   full rank, so their cosine is low at any rank and says nothing about trained networks; that table
-  is about cost, speed and decomposition time. Tucker-2 and CP are weight-only (no data-aware
-  variant for convs yet).
+  is about cost, speed and decomposition time. Tucker-2 and CP factor the weights alone; with data,
+  `lowrank-tucker{refit=true}` then refits each chain's last conv to the original conv's outputs
+  (the rec `+ refit` row).
 - Whitening damping (`damping=`, default 0.03 of mean(diag XᵀX)): the data-aware fit moves from
   the best fit to the calibration inputs (0, SVD-LLM) towards the plain SVD. It pays on inputs
   unlike the calibration set: MiniLM's FFN layers at −25 %, whitened on the template paragraphs,
