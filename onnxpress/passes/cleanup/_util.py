@@ -8,11 +8,13 @@ in every pass, so that graph-output names and value shapes/types are always kept
 from __future__ import annotations
 
 import logging
-from collections.abc import Iterator, Sequence
+from collections.abc import Sequence
 from typing import Any
 
 import numpy as np
 import onnx_ir as ir
+
+from onnxpress.ir.graph import all_graphs  # noqa: F401 - re-exported for the passes
 
 logger = logging.getLogger(__name__)
 
@@ -20,24 +22,7 @@ logger = logging.getLogger(__name__)
 HUGE = 1 << 62
 
 
-# -- walking ---------------------------------------------------------------------------------
-def all_graphs(model: ir.Model) -> Iterator[ir.Graph | ir.Function]:
-    """The main graph, every subgraph (If/Loop/Scan bodies, nested) and every model-local function."""
-    yield model.graph
-    yield from model.graph.subgraphs()
-    for function in model.functions.values():
-        yield function
-        for node in ir.traversal.RecursiveGraphIterator(function):
-            for attr in node.attributes.values():
-                if attr.type == ir.AttributeType.GRAPH:
-                    yield attr.value
-                    yield from attr.value.subgraphs()
-                elif attr.type == ir.AttributeType.GRAPHS:
-                    for g in attr.value:
-                        yield g
-                        yield from g.subgraphs()
-
-
+# -- walking (all_graphs: onnxpress.ir.graph) ------------------------------------------------
 def default_opset(model: ir.Model) -> int:
     """The model's ONNX default-domain opset version (subgraphs inherit it)."""
     return model.opset_imports.get("", model.graph.opset_imports.get("", 1))

@@ -36,7 +36,7 @@ class DivToMulPass(Pass):
     def run(self, model: ir.Model, am: Any) -> PassResult:
         names = u.NameScope(model)
         rewritten = 0
-        for graph in [model.graph, *model.graph.subgraphs()]:
+        for graph in model.graphs():
             for div in list(graph):
                 if not u.is_onnx_op(div, "Div") or len(div.inputs) != 2 or div.inputs[0] is None:
                     continue

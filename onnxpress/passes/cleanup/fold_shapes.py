@@ -149,7 +149,7 @@ class FoldShapesPass(Pass):
         stats = {"folded": 0, "reshapes": 0, "constant-of-shape": 0}
         for _ in range(self.options.max_rounds):
             changed = 0
-            for graph in [model.graph, *model.graph.subgraphs()]:
+            for graph in model.graphs():
                 changed += self._round(graph, names, stats)
             if not changed:
                 break

@@ -87,7 +87,7 @@ class FuseConvAffinePass(Pass):
     def run(self, model: ir.Model, am: Any) -> PassResult:
         names = u.NameScope(model)
         counts = {"after": 0, "before": 0}
-        for graph in [model.graph, *model.graph.subgraphs()]:
+        for graph in model.graphs():
             changed = True
             while changed:
                 changed = False

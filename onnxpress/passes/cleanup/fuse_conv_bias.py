@@ -49,7 +49,7 @@ class FuseConvBiasPass(Pass):
     def run(self, model: ir.Model, am: Any) -> PassResult:
         names = u.NameScope(model)
         fused = 0
-        for graph in [model.graph, *model.graph.subgraphs()]:
+        for graph in model.graphs():
             for add in list(graph):
                 if not u.is_onnx_op(add, "Add") or len(add.inputs) != 2:
                     continue

@@ -85,7 +85,7 @@ class RemoveFloatQdqPass(Pass):
         target = _Target(frozenset(caps.qdq_ops), bool(getattr(caps, "output_qdq", True)))
         pairs = weights = 0
         names = u.NameScope(model)
-        for graph in [model.graph, *model.graph.subgraphs()]:
+        for graph in model.graphs():
             for node in reversed(list(graph)):
                 if node.graph is None:  # removed on the way
                     continue

@@ -121,7 +121,7 @@ class Plan:
 # ----------------------------------------------------------------------------------------------
 def graphs_of(model: ir.Model) -> list[ir.Graph]:
     """The main graph and every (nested) subgraph; function bodies are never quantized."""
-    return [model.graph, *model.graph.subgraphs()]
+    return list(model.graphs())
 
 
 def exclusion_matcher(patterns: Sequence[str]) -> Callable[[ir.Node], bool]:
