@@ -130,12 +130,15 @@ class OrtRunner:
         self.optimization_level = optimization_level
         self.intra_op_threads = intra_op_threads
 
-    def session(self, model: ir.Model):
+    def session(self, model: ir.Model, session_options: Any = None):
+        """A session on this runner's providers and settings; `session_options` (an
+        `onnxruntime.SessionOptions`, e.g. with profiling on) start from the caller's values."""
         return create_session(
             model,
             self.providers,
             optimization_level=self.optimization_level,
             intra_op_threads=self.intra_op_threads,
+            session_options=session_options,
         )
 
     def run(self, model: ir.Model, feeds: Sequence[dict[str, Any]]) -> list[dict[str, np.ndarray]]:

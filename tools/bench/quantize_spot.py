@@ -54,7 +54,7 @@ def main(argv: list[str] | None = None) -> int:
               + f" sqnr={bench.sqnr_db(reference, got):.1f}dB size={out.stat().st_size / spec.src.stat().st_size:.3f}"
               f"  {seconds:.1f} s", flush=True)
         for record in result.report.passes:
-            for key in ("calibration_choice", "fallback"):
+            for key in ("calibration_choice", "fallback", "part_timing"):
                 found = (record.get("stats") or {}).get(key)
                 if found:
                     print(f"  {key}: {found}", flush=True)

@@ -313,8 +313,8 @@ def place(
 ) -> Plan:
     """Decide, from candidates and calibrated ranges, everything the pass will insert.
 
-    `keep_float`: nodes that stay float whatever the rules say (the sensitivity fallback's choice),
-    with the reason the stats report."""
+    `keep_float`: nodes that stay float whatever the rules say (the sensitivity fallback's and the
+    part timing's choices; data movement too), with the reason the stats report."""
     keep_float = keep_float or {}
     plan = Plan()
     calibrated_graphs = _calibrated_graphs(model, ranges)
@@ -380,7 +380,7 @@ def place(
         if len(axes) > 1:  # a tied weight read along different axes: one per-tensor scale for all
             plan.weights[value].axis = None
     _place_table_gathers(plan, model, movers, excluded, calibrated_graphs)
-    _place_movers(plan, movers, excluded)
+    _place_movers(plan, movers, excluded, keep_float)
     return plan
 
 
@@ -406,12 +406,16 @@ def _place_table_gathers(plan: Plan, model: ir.Model, movers: Sequence[tuple[ir.
         plan.table_gathers.append(node)
 
 
-def _place_movers(plan: Plan, movers: Sequence[tuple[ir.Node, OpRule]], excluded: Callable[[ir.Node], bool]) -> None:
+def _place_movers(plan: Plan, movers: Sequence[tuple[ir.Node, OpRule]], excluded: Callable[[ir.Node], bool],
+                  keep_float: Mapping[ir.Node, str]) -> None:
     """Data movement shares its input's scale where the input is quantized and a reader is too."""
     chosen: list[ir.Node] = []
     shared: dict[ir.Value, ir.Value] = {}
     for node, _ in movers:  # graph order is topological: chains resolve front to back
         if excluded(node):
+            continue
+        if node in keep_float:
+            plan.keep_float(node, keep_float[node])
             continue
         data = node.inputs[0] if node.inputs else None
         if data is None or not is_float(data):

@@ -42,6 +42,7 @@ from onnxpress.passes.cleanup import _util as u
 from onnxpress.passes.manager import PassContext
 from onnxpress.passes.quantize import fallback as fb
 from onnxpress.passes.quantize.ranges import reclip
+from onnxpress.passes.quantize import speed as sp
 from onnxpress.passes.quantize.speed import compare_latency
 from onnxpress.passes.quantize import placement as pl
 from onnxpress.passes.quantize import quant_math as qm
@@ -114,6 +115,7 @@ class QuantizeQdqPass(Pass):
         max_float_macs: float = 0.05
         if_slower: str = "warn"
         max_slowdown: float | None = 0.1
+        part_timing: bool = True
 
         def __post_init__(self) -> None:
             if not 0.0 <= self.max_float_macs <= 1.0:
@@ -204,12 +206,18 @@ class QuantizeQdqPass(Pass):
                 model, ctx, plan, self._histograms(model, ctx, plan, ranges), quantize_clone,
                 act_type=qm.quant_type(opts.activations), symmetric=symmetric_acts, target_db=opts.target_sqnr,
                 max_float=opts.max_float, samples=opts.fallback_samples, max_trials=opts.fallback_trials,
-                max_float_macs=opts.max_float_macs, timer=self._timer(ctx, opts.max_slowdown, model),
+                max_float_macs=opts.max_float_macs,
+                timer=self._timer(ctx, model) if opts.max_slowdown is not None else None,
                 max_slowdown=opts.max_slowdown or 0.0, reference=reference)
             stats["fallback"] = found.stats
             if found.float_nodes:
                 plan = place(model, found.float_nodes)
                 keep_float = found.float_nodes
+        if opts.part_timing and (plan.nodes or plan.shared_nodes):
+            slower, stats["part_timing"] = self._time_parts(model, ctx, plan, keep_float, quantize_clone, reference)
+            if slower:
+                keep_float = {**keep_float, **slower}
+                plan = place(model, keep_float)
         if opts.if_slower != "ignore" and (plan.nodes or plan.shared_nodes):
             stats["speed"] = self._speed(model, ctx, keep_float, quantize_clone)
             ratio = stats["speed"].get("ratio")
@@ -299,18 +307,62 @@ class QuantizeQdqPass(Pass):
         return options[chosen], {"chosen": chosen, "sqnr_db": scores, "samples": len(feeds)}
 
     @staticmethod
-    def _timer(ctx: PassContext, max_slowdown: float | None, model: ir.Model) -> Any:
+    def _timer(ctx: PassContext, model: ir.Model) -> Any:
         """Latency of one clone relative to another on the context's runner, or None (not timed)."""
-        if max_slowdown is None or not hasattr(ctx.runner, "session") or weight_bytes(model) > TIMING_MAX_BYTES:
+        if not hasattr(ctx.runner, "session") or weight_bytes(model) > TIMING_MAX_BYTES:
             return None
         feed = ctx.feeds(1)[0]
+        threads = timing_threads(ctx)
 
         def timer(reference: ir.Model, candidate: ir.Model) -> float:
             try:
-                return compare_latency(ctx.runner, reference, candidate, feed, budget_s=1.5)["ratio"]
+                return compare_latency(ctx.runner, reference, candidate, feed, budget_s=1.5, threads=threads)["ratio"]
             except Exception:  # noqa: BLE001 - an untimed trial is not held against the tensor
                 return 1.0
         return timer
+
+    def _time_parts(self, model: ir.Model, ctx: PassContext, plan: pl.Plan, keep_float: dict[ir.Node, str],
+                    quantize_clone: Any, reference: fb.FloatReference) -> tuple[dict[ir.Node, str], dict[str, Any]]:
+        """`part-timing`: the kinds of parts whose int8 kernels ORT's profiler finds slower than their
+        float ones on this target, each kept float where a timed trial confirms it (`speed`)."""
+        timer = self._timer(ctx, model)
+        if timer is None:
+            return {}, {"skipped": "the runner cannot time sessions" if not hasattr(ctx.runner, "session")
+                        else f"weights over {TIMING_MAX_BYTES >> 30} GiB: not timed"}
+        # the profile names kernels after nodes: every node needs a unique name
+        ir.passes.common.NameFixPass()(model)
+        feed = ctx.feeds(1)[0]
+        try:
+            threads = timing_threads(ctx)
+            float_kernels = sp.kernel_times(ctx.runner, model, feed, threads=threads)
+            quantized_kernels = sp.kernel_times(ctx.runner, fb.quantized_clone(model, quantize_clone, keep_float), feed,
+                                                threads=threads)
+        except Exception as e:  # noqa: BLE001 - advisory: a failed profile quantizes every part
+            return {}, {"skipped": f"profiling failed: {str(e).splitlines()[0][:200] if str(e) else type(e).__name__}"}
+        float_us, float_other = sp.node_times(float_kernels, model)
+        quantized_us, quantized_other = sp.node_times(quantized_kernels, model)
+        total = sum(us for _, us in quantized_kernels.values())
+        candidates = [n for n in [*plan.nodes, *plan.shared_nodes] if n not in keep_float]
+        parts = sp.slower_parts(float_us, quantized_us, candidates, total)
+        stats: dict[str, Any] = {
+            "profile_us": {"float": round(sum(us for _, us in float_kernels.values()), 1), "quantized": round(total, 1),
+                           "unattributed": [round(float_other, 1), round(quantized_other, 1)]},
+            "threads": sp.threads_label(ctx.runner, timing_threads(ctx)),
+        }
+
+        def fidelity(clone: ir.Model) -> float:
+            try:
+                return fb.output_sqnr_db(reference.outputs(), ctx.runner.run(clone, reference.feeds), reference.names)
+            except Exception:  # noqa: BLE001 - a trial that does not run is not kept
+                return float("-inf")
+
+        chosen, stats["trials"] = sp.choose_float_parts(
+            parts, keep_float, lambda keep: fb.quantized_clone(model, quantize_clone, keep), timer, fidelity)
+        stats["kept_float"] = pl.count_by_type(chosen)
+        if chosen:
+            logger.info("quantize-qdq: %d node(s) stay float, slower in int8 on this target: %s", len(chosen),
+                        stats["kept_float"])
+        return chosen, stats
 
     @staticmethod
     def _speed(model: ir.Model, ctx: PassContext, keep_float: dict[ir.Node, str],
@@ -322,7 +374,7 @@ class QuantizeQdqPass(Pass):
             return {"skipped": f"weights over {TIMING_MAX_BYTES >> 30} GiB: not timed"}
         clone = fb.quantized_clone(model, quantize_clone, keep_float)
         try:
-            return compare_latency(ctx.runner, model, clone, ctx.feeds(1)[0])
+            return compare_latency(ctx.runner, model, clone, ctx.feeds(1)[0], threads=timing_threads(ctx))
         except Exception as e:  # noqa: BLE001 - timing is advisory: a failure is reported, not fatal
             return {"skipped": f"timing failed: {str(e).splitlines()[0][:200] if str(e) else type(e).__name__}"}
 
@@ -391,6 +443,13 @@ def upgrade_opset(model: ir.Model, target: int) -> str | None:
     model.graph = new.graph
     model.ir_version = new.ir_version
     return None
+
+
+def timing_threads(ctx: PassContext) -> int | None:
+    """The intra-op thread count speed checks time at: `config["timing_threads"]` (the CLI's
+    `--threads`), else None (the runner's own setting)."""
+    value = ctx.config.get("timing_threads")
+    return int(value) if value else None
 
 
 def _quantized_nodes(model: ir.Model) -> int:

@@ -12,23 +12,51 @@ with `if-slower=keep-float`, leaves the model float.
 
 from __future__ import annotations
 
+import dataclasses
+import json
+import os
+import re
+import tempfile
 import time
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 import numpy as np
 import onnx_ir as ir
 
-__all__ = ["compare_latency"]
+from onnxpress.ir.io import weight_bytes
+
+__all__ = ["SLOWER", "SlowerPart", "choose_float_parts", "compare_latency", "kernel_times", "node_times", "part_of", "slower_parts"]
 
 #: Rounds of A/B timing at least and at most; rounds stop early once `budget_s` is spent.
 MIN_ROUNDS, MAX_ROUNDS = 5, 200
 
 
+def _session(runner: Any, model: ir.Model, threads: int | None, profile_dir: str | None = None) -> Any:
+    """A session on `runner`, at `threads` intra-op threads where given, profiled into `profile_dir`."""
+    if threads is None and profile_dir is None:
+        return runner.session(model)
+    import onnxruntime as ort
+
+    opts = ort.SessionOptions()
+    if threads is not None:
+        opts.intra_op_num_threads = threads
+    if profile_dir is not None:
+        opts.enable_profiling = True
+        opts.profile_file_prefix = os.path.join(profile_dir, "profile")
+    return runner.session(model, session_options=opts)
+
+
+def threads_label(runner: Any, threads: int | None) -> int | str:
+    return threads or getattr(runner, "intra_op_threads", None) or "ORT default"
+
+
 def compare_latency(runner: Any, reference: ir.Model, candidate: ir.Model, feed: Mapping[str, Any], *,
-                    budget_s: float = 3.0, warmup: int = 2) -> dict[str, Any]:
-    """Median latency of both models on `runner`'s sessions and `candidate / reference` (below 1 = faster)."""
-    sessions = [runner.session(reference), runner.session(candidate)]
+                    budget_s: float = 3.0, warmup: int = 2, threads: int | None = None) -> dict[str, Any]:
+    """Median latency of both models on `runner`'s sessions and `candidate / reference` (below 1 = faster).
+
+    `threads`: intra-op threads of the timed sessions (default: the runner's)."""
+    sessions = [_session(runner, reference, threads), _session(runner, candidate, threads)]
     outputs = [[o.name for o in s.get_outputs()] for s in sessions]
     feeds = [{i.name: feed[i.name] for i in s.get_inputs() if i.name in feed} for s in sessions]
     for s, names, f in zip(sessions, outputs, feeds):
@@ -47,4 +75,165 @@ def compare_latency(runner: Any, reference: ir.Model, candidate: ir.Model, feed:
     ref_ms, cand_ms = (float(np.median(t)) * 1e3 for t in times)
     return {"float_ms": round(ref_ms, 4), "quantized_ms": round(cand_ms, 4),
             "ratio": round(cand_ms / max(ref_ms, 1e-12), 4), "rounds": rounds,
-            "threads": getattr(runner, "intra_op_threads", None) or "ORT default"}
+            "threads": threads_label(runner, threads)}
+
+
+# ----------------------------------------------------------------------------------------------
+# Per part: ORT's per-kernel profile, attributed to the model's nodes, then timed trials
+# ----------------------------------------------------------------------------------------------
+#: A node's int8 kernels count as slower when they take this many times its float kernels' time
+#: (plus `SLOWER_MARGIN_US`): the profiler's per-kernel numbers carry a few µs of overhead each.
+SLOWER_RATIO, SLOWER_MARGIN_US = 1.25, 2.0
+#: A part is tried only where the profile says keeping it float saves at least this share of the
+#: quantized model's kernel time and this many µs per run: less is below what a timed trial of the
+#: whole model can tell from noise.
+MIN_SHARE, MIN_SAVING_US = 0.01, 20.0
+#: Activations ORT fuses into the float Conv before them (FusedConv / NCHWc conv): their kernel
+#: time belongs to the conv.
+_FUSED_INTO_CONV = frozenset({"Relu", "Clip", "Sigmoid", "HardSigmoid", "LeakyRelu", "Tanh"})
+_PROFILE_SUFFIX = "_kernel_time"
+#: ORT's generated names keep the original node's name in front of a `_token_N` counter
+#: (QLinearConv after the NHWC layout transform: `Conv@3_token_58`).
+_TOKEN = re.compile(r"_token_\d+$")
+#: The float CPU EP names an NCHWc conv after its output tensor: `relu_0.tmp_0_nchwc`.
+_NCHWC = "_nchwc"
+
+SLOWER = "slower in int8 (measured)"
+
+
+def kernel_times(runner: Any, model: ir.Model, feed: Mapping[str, Any], *, runs: int = 20,
+                 warmup: int = 3, threads: int | None = None) -> dict[str, tuple[str, float]]:
+    """Median µs of every kernel ORT ran for `model` on `runner`'s settings: name -> (op type, µs).
+
+    One profiled session (`onnxruntime.SessionOptions.enable_profiling`), at `threads` intra-op
+    threads where given; the first `warmup` runs are dropped. A kernel run several times per
+    model run (inside a Loop) counts per call."""
+    with tempfile.TemporaryDirectory(prefix="onnxpress-profile-") as tmp:
+        session = _session(runner, model, threads, tmp)
+        names = [o.name for o in session.get_outputs()]
+        inputs = {i.name: feed[i.name] for i in session.get_inputs() if i.name in feed}
+        for _ in range(warmup + runs):
+            session.run(names, inputs)
+        with open(session.end_profiling(), encoding="utf-8") as f:
+            events = json.load(f)
+    samples: dict[str, list[float]] = {}
+    op_types: dict[str, str] = {}
+    for event in events:
+        name = str(event.get("name", ""))
+        if event.get("cat") != "Node" or not name.endswith(_PROFILE_SUFFIX):
+            continue
+        name = name[: -len(_PROFILE_SUFFIX)]
+        samples.setdefault(name, []).append(float(event.get("dur", 0.0)))
+        op_types[name] = str((event.get("args") or {}).get("op_name", ""))
+    return {name: (op_types[name], float(np.median(v[warmup:] if len(v) > warmup else v)))
+            for name, v in samples.items()}
+
+
+def node_times(kernels: Mapping[str, tuple[str, float]], model: ir.Model) -> tuple[dict[ir.Node, float], float]:
+    """(µs per node of `model`, µs of kernels no node claims) from `kernel_times` of `model` or of
+    a quantized clone of it (the clone keeps the node names; its Q / DQ nodes are claimed by none).
+
+    A kernel belongs to the node of the same name, or of its name without ORT's `_token_N`, or,
+    for an NCHWc conv named after its output, to the conv producing that output (through a fused
+    activation). Layout reorders, Q / DQ and anything else unnamed stay unattributed."""
+    nodes = {n.name: n for graph in model.graphs() for n in graph if n.name}
+    producers = {v.name: n for graph in model.graphs() for n in graph for v in n.outputs if v.name}
+    out: dict[ir.Node, float] = {}
+    unattributed = 0.0
+    for name, (_, us) in kernels.items():
+        node = nodes.get(name) or nodes.get(_TOKEN.sub("", name))
+        if node is None and name.endswith(_NCHWC):
+            node = producers.get(name[: -len(_NCHWC)])
+        if node is not None and node.op_type in _FUSED_INTO_CONV and node.inputs and node.inputs[0] is not None:
+            source = node.inputs[0].producer()
+            if source is not None and source.op_type in ("Conv", "ConvTranspose"):
+                node = source
+        if node is None:
+            unattributed += us
+        else:
+            out[node] = out.get(node, 0.0) + us
+    return out, unattributed
+
+
+def part_of(node: ir.Node) -> str:
+    """The kind of part a node is timed with: its op type; grouped convs apart from dense ones."""
+    if node.op_type in ("Conv", "ConvTranspose"):
+        group = node.attributes.get("group")
+        if group is not None and group.as_int() > 1:
+            return f"{node.op_type} (grouped)"
+    return node.op_type
+
+
+@dataclasses.dataclass
+class SlowerPart:
+    """Nodes of one kind whose int8 kernels the profile found slower than their float ones."""
+
+    part: str
+    nodes: list[ir.Node]
+    float_us: float
+    quantized_us: float
+
+    @property
+    def saving_us(self) -> float:
+        return self.quantized_us - self.float_us
+
+
+def slower_parts(float_us: Mapping[ir.Node, float], quantized_us: Mapping[ir.Node, float],
+                 candidates: Sequence[ir.Node], total_us: float) -> list[SlowerPart]:
+    """The kinds of parts worth a timed trial, the biggest predicted saving first.
+
+    A node counts where both profiles claim it and its int8 time exceeds SLOWER_RATIO × its float
+    time + SLOWER_MARGIN_US; a kind is returned where its nodes together would save MIN_SHARE of
+    `total_us` and MIN_SAVING_US."""
+    parts: dict[str, SlowerPart] = {}
+    for node in candidates:
+        f, q = float_us.get(node, 0.0), quantized_us.get(node, 0.0)
+        if f <= 0 or q <= SLOWER_RATIO * f + SLOWER_MARGIN_US:
+            continue
+        part = parts.setdefault(part_of(node), SlowerPart(part_of(node), [], 0.0, 0.0))
+        part.nodes.append(node)
+        part.float_us += f
+        part.quantized_us += q
+    found = [p for p in parts.values() if p.saving_us >= max(MIN_SHARE * total_us, MIN_SAVING_US)]
+    return sorted(found, key=lambda p: -p.saving_us)
+
+
+def choose_float_parts(
+    parts: Sequence[SlowerPart],
+    keep_float: Mapping[ir.Node, str],
+    build: Callable[[Mapping[ir.Node, str]], ir.Model],
+    timer: Callable[[ir.Model, ir.Model], float],
+    fidelity: Callable[[ir.Model], float],
+    *,
+    max_trials: int = 4,
+    max_loss_db: float = 0.5,
+    max_growth: float = 0.05,
+) -> tuple[dict[ir.Node, str], list[dict[str, Any]]]:
+    """Greedy, measured: each part (biggest predicted saving first) stays float only where the model
+    with it float runs faster than without (`timer(current, trial)` < 1), loses at most
+    `max_loss_db` of output SQNR (`fidelity`), and the parts kept float together add at most
+    `max_growth` to the quantized model's weight bytes (float weights are 4× their int8 size: a
+    quantizer's output must stay small). `build(keep_float)` quantizes a clone.
+
+    Returns the nodes kept float for speed (reason SLOWER) and one record per trial."""
+    chosen: dict[ir.Node, str] = {}
+    records: list[dict[str, Any]] = []
+    current = build(keep_float)
+    current_db = fidelity(current)
+    size_limit = weight_bytes(current) * (1.0 + max_growth)
+    for part in list(parts)[:max_trials]:
+        trial_keep = {**keep_float, **chosen, **{n: SLOWER for n in part.nodes if n not in keep_float}}
+        trial = build(trial_keep)
+        if weight_bytes(trial) > size_limit:
+            records.append({"part": part.part, "nodes": len(part.nodes), "kept_float": False,
+                            "too_big": round(weight_bytes(trial) / max(weight_bytes(current), 1), 3)})
+            continue
+        ratio, db = timer(current, trial), fidelity(trial)
+        kept = ratio < 1.0 and db >= current_db - max_loss_db
+        records.append({"part": part.part, "nodes": len(part.nodes), "profile_us": [round(part.float_us, 1),
+                        round(part.quantized_us, 1)], "ratio": round(ratio, 4), "sqnr_db": round(db, 2),
+                        "kept_float": kept})
+        if kept:
+            chosen.update({n: SLOWER for n in part.nodes if n not in keep_float})
+            current, current_db = trial, db
+    return chosen, records

@@ -39,9 +39,10 @@ def make(body: str, signature: str, inits: dict[str, np.ndarray], opset: int = 1
 def quantize(model: ir.Model, feeds: list[dict] | None = None, n: int = 8, **options):
     """Run quantize-qdq on `model` in place under the CPU backend's context; (result, ctx, feeds).
 
-    Placement tests pin the rules' own result: the sensitivity fallback (test_fallback.py) is off
-    unless a test asks for it."""
+    Placement tests pin the rules' own result: the sensitivity fallback (test_fallback.py) and the
+    measured part timing (test_speed.py) are off unless a test asks for them."""
     options.setdefault("fallback", "none")
+    options.setdefault("part_timing", False)
     feeds = random_feeds(model, n) if feeds is None else feeds
     backend = get_backend("cpu")
     ctx = PassContext(capabilities=backend.capabilities, runner=backend.runner(), data=feeds)

@@ -1,11 +1,15 @@
-"""The measured speed check of quantize-qdq (`if-slower=warn|keep-float|ignore`)."""
+"""The measured speed checks of quantize-qdq: the whole model (`if-slower=warn|keep-float|ignore`) and
+per part (`part-timing`: ORT's kernel profile, then timed trials)."""
 
 from __future__ import annotations
 
+import numpy as np
+import onnx_ir as ir
 import pytest
 
 from onnxpress.backends.ort import OrtRunner
 from onnxpress.passes.quantize import qdq as qdq_module
+from onnxpress.passes.quantize import speed as sp
 from onnxpress.passes.quantize.speed import compare_latency
 from tests.passes.quantize.test_qdq import conv_relu_model, quantize
 from tests.util import random_feeds
@@ -74,3 +78,132 @@ def test_models_over_the_timing_size_are_not_timed(monkeypatch):
     result, _, _ = quantize(model, calibration="minmax", fallback="auto", target_sqnr=99.0)
     assert result.stats["speed"]["skipped"].startswith("weights over")
     assert "slowdown" not in result.stats["fallback"] and _count(model, "QuantizeLinear") > 0
+
+
+# -- per part: ORT's kernel profile attributed to nodes, then timed trials ----------------------
+def _pool_model():
+    """Conv -> Relu -> MaxPool -> Conv: the pool is data movement that shares the Relu's scale."""
+    from tests.passes.quantize.test_qdq import _seeded, make
+
+    rand = _seeded(3)
+    return make(
+        "c1 = Conv <pads=[1,1,1,1]> (x, w1, b1)\n r1 = Relu (c1)\n"
+        " p = MaxPool <kernel_shape=[2,2], strides=[2,2]> (r1)\n y = Conv <pads=[1,1,1,1]> (p, w2, b2)",
+        "(float[1,4,16,16] x) => (float y)",
+        {"w1": rand(8, 4, 3, 3, scale=0.3), "b1": rand(8, scale=0.1), "w2": rand(8, 8, 3, 3, scale=0.3),
+         "b2": rand(8, scale=0.1)},
+    )
+
+
+def test_the_kernel_profile_is_attributed_to_the_models_nodes():
+    import onnx_ir.passes.common
+
+    model = _pool_model()
+    onnx_ir.passes.common.NameFixPass()(model)
+    runner = OrtRunner(intra_op_threads=1)
+    feed = random_feeds(model, 1)[0]
+    kernels = sp.kernel_times(runner, model, feed, runs=5, warmup=1)
+    assert kernels and all(us >= 0 for _, us in kernels.values())
+    float_us, _ = sp.node_times(kernels, model)
+    conv1, conv2 = (n for n in model.graph if n.op_type == "Conv")
+    relu = next(n for n in model.graph if n.op_type == "Relu")
+    # ORT fuses Conv + Relu (an NCHWc conv named after the Relu's output): the time is the conv's
+    assert conv1 in float_us and conv2 in float_us and relu not in float_us
+    quantized = model.clone()
+    quantize(quantized, calibration="minmax")
+    assert _count(quantized, "QuantizeLinear") > 0
+    quantized_us, unclaimed = sp.node_times(sp.kernel_times(runner, quantized, feed, runs=5, warmup=1), model)
+    # QLinearConv keeps the conv's name (ORT's layout transform appends `_token_N`); Q / DQ nobody's
+    assert conv1 in quantized_us and conv2 in quantized_us and unclaimed > 0
+
+
+def test_slower_parts_group_by_kind_and_skip_what_a_trial_cannot_see():
+    model = _pool_model()
+    conv1, pool, conv2 = (n for n in model.graph if n.op_type in ("Conv", "MaxPool"))
+    conv2.attributes["group"] = ir.AttrInt64("group", 2)
+    float_us = {conv1: 100.0, pool: 10.0, conv2: 40.0}
+    quantized_us = {conv1: 60.0, pool: 90.0, conv2: 100.0}
+    parts = sp.slower_parts(float_us, quantized_us, [conv1, pool, conv2], total_us=300.0)
+    assert [(p.part, p.nodes, p.saving_us) for p in parts] == [("MaxPool", [pool], 80.0),
+                                                             ("Conv (grouped)", [conv2], 60.0)]
+    # a saving under MIN_SHARE of the run, or a node not clearly slower, is no part
+    assert [p.part for p in sp.slower_parts(float_us, quantized_us, [conv1, pool, conv2], total_us=7000.0)] == ["MaxPool"]
+    assert sp.slower_parts(float_us, {conv1: 60.0, pool: 12.0, conv2: 45.0}, [conv1, pool, conv2], 300.0) == []
+
+
+def test_choose_float_parts_keeps_only_measured_gains(monkeypatch):
+    model = _pool_model()
+    conv1, pool, conv2 = (n for n in model.graph if n.op_type in ("Conv", "MaxPool"))
+    parts = [sp.SlowerPart("MaxPool", [pool], 10.0, 90.0), sp.SlowerPart("Conv", [conv2], 40.0, 100.0),
+             sp.SlowerPart("Conv (grouped)", [conv1], 40.0, 80.0)]
+    built: list[dict] = []
+
+    def build(keep):
+        built.append(dict(keep))
+        clone = model.clone()
+        clone.doc_string = ",".join(sorted(n.op_type + str(i) for i, n in enumerate(model.graph) if n in keep))
+        return clone
+
+    # keeping the pool float is faster and as faithful; conv2 float is slower; conv1 float loses 3 dB
+    def timer(current, trial):
+        return 0.9 if trial.doc_string.count("MaxPool") and "Conv3" not in trial.doc_string \
+            and "Conv0" not in trial.doc_string else 1.1 if "Conv3" in trial.doc_string else 0.8
+
+    def fidelity(clone):
+        return 27.0 if "Conv0" in clone.doc_string else 30.0
+
+    chosen, records = sp.choose_float_parts(parts, {}, build, timer, fidelity)
+    assert chosen == {pool: sp.SLOWER}
+    assert [r["kept_float"] for r in records] == [True, False, False]
+    assert records[1]["ratio"] == 1.1 and records[2]["sqnr_db"] == 27.0
+    assert built[0] == {} and built[2] == {pool: sp.SLOWER, conv2: sp.SLOWER}
+    # a part whose float weights would grow the model beyond max_growth is not even timed
+    monkeypatch.setattr(sp, "weight_bytes", lambda m: 200 if "Conv" in m.doc_string else 100)
+    chosen, records = sp.choose_float_parts(parts[1:], {}, build, timer, fidelity, max_growth=0.5)
+    assert chosen == {} and [r.get("too_big") for r in records] == [2.0, 2.0]
+
+
+def test_part_timing_keeps_a_slower_pool_float_and_the_model_stays_close(monkeypatch):
+    """End to end with a scripted profile (the pool 9x slower in int8) and timer (faster with it
+    float): the pool runs float between a DequantizeLinear and a QuantizeLinear, numerics hold."""
+    def profile(runner, model, feed, **kwargs):
+        quantized = _count(model, "QuantizeLinear") > 0
+        return {n.name: (n.op_type, (90.0 if quantized else 10.0) if n.op_type == "MaxPool" else 50.0)
+                for n in model.graph if n.op_type in ("Conv", "MaxPool")}
+
+    def timed(runner, reference, candidate, feed, **kwargs):
+        pool = next(n for n in candidate.graph if n.op_type == "MaxPool")
+        ratio = 0.9 if pool.inputs[0].producer().op_type == "DequantizeLinear" else 1.0
+        return {"float_ms": 1.0, "quantized_ms": ratio, "ratio": ratio, "rounds": 5, "threads": 1}
+
+    monkeypatch.setattr(sp, "kernel_times", profile)
+    monkeypatch.setattr(qdq_module, "compare_latency", timed)
+    model = _pool_model()
+    before = model.clone()
+    result, _, feeds = quantize(model, calibration="minmax", part_timing=True, if_slower="ignore")
+    stats = result.stats["part_timing"]
+    assert stats["kept_float"] == {"MaxPool": 1} and stats["trials"][0]["part"] == "MaxPool"
+    pool = next(n for n in model.graph if n.op_type == "MaxPool")
+    assert result.stats["kept_float"] == {sp.SLOWER: 1}
+    assert pool.inputs[0].producer().op_type == "DequantizeLinear"
+    assert [u.node.op_type for u in pool.outputs[0].uses()] == ["QuantizeLinear"]
+    assert result.stats["ops_quantized"] == {"Conv": 2} and "MaxPool" not in result.stats["scale_shared_ops"]
+    from tests.passes.quantize.test_qdq import run_both
+
+    ref, got = run_both(before, model, feeds)
+    assert np.sqrt(np.mean((got - ref) ** 2)) <= 0.05 * np.abs(ref).max()
+    # without the option, nothing is profiled and the pool shares its input's scale
+    model = _pool_model()
+    result, _, _ = quantize(model, calibration="minmax", part_timing=False, if_slower="ignore")
+    assert "part_timing" not in result.stats and result.stats["scale_shared_ops"] == {"MaxPool": 1}
+
+
+def test_part_timing_is_skipped_without_a_timing_runner(monkeypatch):
+    def fail(*args, **kwargs):
+        raise AssertionError("profiled a model over TIMING_MAX_BYTES")
+    monkeypatch.setattr(sp, "kernel_times", fail)
+    monkeypatch.setattr(qdq_module, "TIMING_MAX_BYTES", 0)
+    model = _pool_model()
+    result, _, _ = quantize(model, calibration="minmax", part_timing=True)
+    assert result.stats["part_timing"]["skipped"].startswith("weights over")
+    assert _count(model, "QuantizeLinear") > 0
