@@ -91,6 +91,9 @@ def test_usage_errors_exit_2(example, capsys):
     err = capsys.readouterr().err
     assert "did you mean fold-constants" in err and "Traceback" not in err
     assert optimize_main([str(example / "tiny_resnet.onnx"), "--target", "cpux"]) == 2
+    with pytest.raises(SystemExit) as info:
+        optimize_main([str(example / "tiny_resnet.onnx"), "--threads", "0"])
+    assert info.value.code == 2 and "expected a positive integer" in capsys.readouterr().err
     assert optimize_main([str(example / "tiny_resnet.onnx"), "-o", str(example / "tiny_resnet.onnx")]) == 2
     assert "refusing to overwrite" in capsys.readouterr().err
     assert not (example / "tiny_resnet.opt.onnx").exists()
@@ -292,10 +295,12 @@ def test_lowrank_shorthand_on_the_example(example, capsys):
 def test_quantize_int8_with_and_without_data(example, capsys):
     report = example / "r.json"
     code = optimize_main([str(example / "tiny_resnet.onnx"), "--quantize", "int8", "--data",
-                          str(example / "data.npz"), "--report", str(report)])
+                          str(example / "data.npz"), "--report", str(report), "--threads", "1"])
     assert code == 0, capsys.readouterr().err
     data = json.loads(report.read_text())
     assert data["pipeline"].endswith("quantize-qdq")
+    stats = next(p["stats"] for p in data["passes"] if p["name"] == "quantize-qdq")
+    assert stats["part_timing"]["threads"] == 1 and stats["speed"]["threads"] == 1  # timed as deployed
     assert data["after"]["param_bytes"] < 0.35 * data["before"]["param_bytes"]
     assert data["fidelity"]["logits"]["cosine"] > 0.99
     assert not any(d.startswith("WARNING") for d in data["diagnostics"])

@@ -3,7 +3,7 @@
 `quantize-qdq{activations=uint8 weights=int8 per-channel=true symmetric-activations=false
 symmetric-weights=true calibration=auto percentile=99.999 exclude= bias=int32 force=false
 range-ratio=100 max-samples=64 upgrade-opset=true fallback=auto target-sqnr=20 max-float=16
-fallback-samples=8 fallback-trials=24 max-float-macs=0.05 max-slowdown=0.1 if-slower=warn}`
+fallback-samples=8 fallback-trials=24 max-float-macs=0.05 max-slowdown=0.1 part-timing=true if-slower=warn}`
 
 Steps: refuse models that are already quantized (unless `force`); list the nodes the backend's
 `Capabilities.qdq_ops` could run quantized (`placement.candidates`); make sure the opset can
@@ -17,9 +17,14 @@ transformers need their outlier channels, CNN detectors want their long tails cl
 costs the most output fidelity, measured on clones until the output SQNR on the calibration feeds
 reaches `target-sqnr` dB (`fallback.choose_float_nodes`; at most `max-float` tensors and
 `max-float-macs` of the quantized MACs, and, timed on the runner, at most `max-slowdown` slower than
-the all-quantized model); time the model quantized so against the float one on
+the all-quantized model); with `part-timing`, profile the float model and the quantized clone
+on the runner (ORT's per-kernel times attributed to nodes, `speed.kernel_times` / `node_times`)
+and keep float the kinds of parts whose integer kernels are slower, each only where a timed trial
+confirms the model gets faster without losing fidelity or growing (`speed.choose_float_parts`);
+time the model quantized so against the float one on
 the context's runner (`speed.compare_latency`) and, where it is not faster, warn (`if-slower=warn`)
-or leave the model float (`if-slower=keep-float`); then `qdq_build.Builder` computes every scale and integer
+or leave the model float (`if-slower=keep-float`). Timing runs at `config["timing_threads"]`
+(the CLI's `--threads`) intra-op threads, else the runner's; then `qdq_build.Builder` computes every scale and integer
 tensor and only then edits the model (activations Q -> DQ; weights as integer initializers + DQ;
 constant Add / Mul operands and Gather tables in the activation type; int32 biases).
 """
