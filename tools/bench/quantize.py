@@ -184,6 +184,8 @@ def variants_for(spec: Spec) -> dict[str, dict[str, Any]]:
     v: dict[str, dict[str, Any]] = {
         "onnxpress O2 (fp32)": {"kind": "ours", "pipeline": "O2"},
         "ours int8": {"kind": "ours", "pipeline": "O2,quantize-qdq"},
+        "ours int8 --threads 1": {"kind": "ours", "pipeline": "O2,quantize-qdq", "config": {"timing_threads": 1}},
+        "ours int8 no part timing": {"kind": "ours", "pipeline": "O2,quantize-qdq{part-timing=false}"},
         "ours int8 no fallback": {"kind": "ours", "pipeline": "O2,quantize-qdq{fallback=none}"},
         "ours int8 pct": {"kind": "ours", "pipeline": "O2,quantize-qdq{calibration=percentile}"},
         "ours int8 minmax": {"kind": "ours", "pipeline": "O2,quantize-qdq{calibration=minmax}"},
@@ -212,7 +214,7 @@ def _worker_ours(p: dict[str, Any]) -> dict[str, Any]:
 
     feeds = load_feeds(p["calib"])
     t = time.perf_counter()
-    result = onnxpress.optimize(p["src"], p["pipeline"], data=feeds, verify="none")
+    result = onnxpress.optimize(p["src"], p["pipeline"], data=feeds, verify="none", config=p.get("config"))
     wall = time.perf_counter() - t
     result.save(p["dst"])
     passes = [{"name": x["name"], "seconds": x["seconds"], "stats": x.get("stats", {})}
@@ -586,6 +588,16 @@ def targets(results: dict[str, Any]) -> list[str]:
                 f"({'met' if small else 'missed'}), fidelity {of[task]:.3f} / {of['sqnr_db']:.1f} dB vs "
                 f"{f[task]:.3f} / {f['sqnr_db']:.1f} dB ({'met' if faithful else 'missed'})")
         out.append(f"- {res['label']}, ours int8 (the defaults): " + "; ".join(cells) + ".")
+        without = vs.get("ours int8 no part timing", {})
+        if "lat_ratio1" in without:
+            for n in ("ours int8", "ours int8 --threads 1"):
+                if "lat_ratio1" in vs.get(n, {}):
+                    v = vs[n]
+                    out.append(f"- {res['label']}, {n} vs `part-timing=false`: latency {v['lat_ratio1']:.3f}× vs "
+                               f"{without['lat_ratio1']:.3f}× (1 thread), {v.get('lat_ratio0', float('nan')):.3f}× vs "
+                               f"{without.get('lat_ratio0', float('nan')):.3f}× (default threads); {task} "
+                               f"{v['fidelity'][task]:.3f} vs {without['fidelity'][task]:.3f}; size {v['size_ratio']:.3f} "
+                               f"vs {without['size_ratio']:.3f}.")
         if "ORT int4 RTN" in vs and "fidelity" in vs["ORT int4 RTN"]:
             r = vs["ORT int4 RTN"]["fidelity"]
             for n in ("ours int4 RTN", "ours int4 RTN qdq", "ours int4 GPTQ"):
@@ -618,8 +630,14 @@ def render(results: dict[str, Any], args, started: str, total_s: float) -> str:
         "table); `fallback=auto` (the few tensors whose quantization noise costs the most output SQNR on the "
         "calibration feeds stay float, chosen by measured trials, up to a target of 20 dB, 16 tensors, 5 % of the "
         "quantized MACs and a timed slowdown of 10 % over the all-integer model (the timing of one trial is good to a few %); the pass's stats list them); "
+        "`part-timing=true` (ORT's per-kernel profile of the float model and of the int8 clone, attributed to nodes; "
+        "the kinds of parts whose int8 kernels are slower are tried float one by one and kept float where the whole "
+        "model then times faster, loses ≤ 0.5 dB output SQNR and grows ≤ 5 % in weight bytes; timed at ORT's default "
+        "thread count — the trials are listed below each table); "
         "`if-slower=warn` (the quantized model is timed against the float one on the runner, and a slower one is "
-        "reported in the notes below); *ours int8 no fallback* = the same with `fallback=none` (every op the rules "
+        "reported in the notes below); *ours int8 --threads 1* = the same, timed at one intra-op thread "
+        "(`config={\"timing_threads\": 1}`, the CLI's `--threads 1`); *ours int8 no part timing* = the defaults with "
+        "`part-timing=false`; *ours int8 no fallback* = the same with `fallback=none` (every op the rules "
         "allow quantized); *ours int8 pct / minmax* = the defaults with `calibration=percentile` (99.999) / "
         "`minmax`; *ours dynamic* = `O2,quantize-dynamic`; *ORT static* = "
         "`quant_pre_process` then `quantize_static(quant_format=QDQ, per_channel=True, activation_type=QUInt8, "
@@ -664,6 +682,13 @@ def render(results: dict[str, Any], args, started: str, total_s: float) -> str:
                              f"({', '.join(f['float_tensors']) or 'none'}), SQNR {f['sqnr_db_all_quantized']:.1f} → "
                              f"{f['sqnr_db']:.1f} dB, timed slowdown {f.get('slowdown', 1.0):.3f}"
                              + (f", left quantized as too slow: {', '.join(f['too_slow'])}" if f.get("too_slow") else ""))
+            if st.get("part_timing", {}).get("trials") is not None:
+                t = st["part_timing"]
+                tried = ", ".join(f"{r['part']} ×{r['nodes']} " + (f"(too big: {r['too_big']:.2f}× bytes)" if "too_big" in r
+                                  else f"({r['ratio']:.3f}×, {r['sqnr_db']:.1f} dB{', kept float' if r['kept_float'] else ''})")
+                                  for r in t["trials"])
+                parts.append(f"part timing (threads: {t['threads']}; kernel µs float / int8 {t['profile_us']['float']:.0f} / "
+                             f"{t['profile_us']['quantized']:.0f}) tried {tried or 'nothing (no kind of part slower in int8)'}")
             if st.get("speed", {}).get("ratio") is not None:
                 parts.append(f"its own timing: quantized / float {st['speed']['ratio']:.2f}× "
                              f"(threads: {st['speed']['threads']})")
