@@ -35,6 +35,7 @@ import dataclasses
 import logging
 import re
 from collections import Counter
+from collections.abc import Sequence
 from typing import Any
 
 import onnx_ir as ir
@@ -337,8 +338,8 @@ class QuantizeQdqPass(Pass):
         # the profile names kernels after nodes: every node needs a unique name
         ir.passes.common.NameFixPass()(model)
         feed = ctx.feeds(1)[0]
+        threads = timing_threads(ctx)
         try:
-            threads = timing_threads(ctx)
             float_kernels = sp.kernel_times(ctx.runner, model, feed, threads=threads)
             quantized_kernels = sp.kernel_times(ctx.runner, fb.quantized_clone(model, quantize_clone, keep_float), feed,
                                                 threads=threads)
@@ -346,11 +347,11 @@ class QuantizeQdqPass(Pass):
             return {}, {"skipped": f"profiling failed: {str(e).splitlines()[0][:200] if str(e) else type(e).__name__}"}
         float_us, float_other = sp.node_times(float_kernels, model)
         quantized_us, quantized_other = sp.node_times(quantized_kernels, model)
-        total = sum(us for _, us in quantized_kernels.values())
+        total = sum(k.us for k in quantized_kernels.values())
         candidates = [n for n in [*plan.nodes, *plan.shared_nodes] if n not in keep_float]
         parts = sp.slower_parts(float_us, quantized_us, candidates, total)
         stats: dict[str, Any] = {
-            "profile_us": {"float": round(sum(us for _, us in float_kernels.values()), 1), "quantized": round(total, 1),
+            "profile_us": {"float": round(sum(k.us for k in float_kernels.values()), 1), "quantized": round(total, 1),
                            "unattributed": [round(float_other, 1), round(quantized_other, 1)]},
             "threads": sp.threads_label(ctx.runner, timing_threads(ctx)),
         }
@@ -361,8 +362,16 @@ class QuantizeQdqPass(Pass):
             except Exception:  # noqa: BLE001 - a trial that does not run is not kept
                 return float("-inf")
 
+        def runs_float(trial: ir.Model, nodes: Sequence[ir.Node]) -> bool:
+            try:
+                kernels = sp.kernel_times(ctx.runner, trial, feed, runs=1, warmup=0, threads=threads)
+            except Exception:  # noqa: BLE001 - a trial that does not run is not kept
+                return False
+            return not set(nodes) & sp.integer_nodes(kernels, model)
+
         chosen, stats["trials"] = sp.choose_float_parts(
-            parts, keep_float, lambda keep: fb.quantized_clone(model, quantize_clone, keep), timer, fidelity)
+            parts, keep_float, lambda keep: fb.quantized_clone(model, quantize_clone, keep), timer, fidelity,
+            runs_float=runs_float)
         stats["kept_float"] = pl.count_by_type(chosen)
         if chosen:
             logger.info("quantize-qdq: %d node(s) stay float, slower in int8 on this target: %s", len(chosen),

@@ -18,9 +18,12 @@ the CPU EP's int8 kernels that lose to their float counterparts are the ones flo
 or MLAS form: uint8 MaxPool / AveragePool (~10× slower), Resize (~3×), QLinearSoftmax (~5×), some
 grouped convs. `slower_parts` groups the nodes whose int8 time exceeds their float time by kind
 (op type; grouped convs apart) and keeps the kinds that would save a visible share of the run;
-`choose_float_parts` then tries them one by one on clones and keeps a kind float only where the
-whole model measures faster, loses at most 0.5 dB of output SQNR and grows by at most 5 % of
-weight bytes: a float island costs Q / DQ passes and layout changes the profile does not show.
+`choose_float_parts` then tries them one by one on clones and keeps a kind float only where ORT
+really runs it in float (a DQ -> op -> Q between quantized neighbours is fused back into the
+integer kernel — QLinearSoftmax, QLinearAveragePool, and even QLinearConv for a float-weight conv,
+whose weights ORT then quantizes itself, per tensor: `integer_nodes` of the trial's profile), the
+whole model measures at least 2 % faster, loses at most 0.5 dB of output SQNR and grows by at most
+5 % of weight bytes: a float island costs Q / DQ passes and layout changes the profile does not show.
 """
 
 from __future__ import annotations
@@ -32,14 +35,15 @@ import re
 import tempfile
 import time
 from collections.abc import Callable, Mapping, Sequence
-from typing import Any
+from typing import Any, NamedTuple
 
 import numpy as np
 import onnx_ir as ir
 
 from onnxpress.ir.io import weight_bytes
 
-__all__ = ["SLOWER", "SlowerPart", "choose_float_parts", "compare_latency", "kernel_times", "node_times", "part_of", "slower_parts"]
+__all__ = ["SLOWER", "Kernel", "SlowerPart", "attribute", "choose_float_parts", "compare_latency", "integer_nodes",
+           "kernel_times", "node_times", "part_of", "slower_parts"]
 
 #: Rounds of A/B timing at least and at most; rounds stop early once `budget_s` is spent.
 MIN_ROUNDS, MAX_ROUNDS = 5, 200
@@ -105,6 +109,8 @@ MIN_SHARE, MIN_SAVING_US = 0.01, 20.0
 #: time belongs to the conv.
 _FUSED_INTO_CONV = frozenset({"Relu", "Clip", "Sigmoid", "HardSigmoid", "LeakyRelu", "Tanh"})
 _PROFILE_SUFFIX = "_kernel_time"
+#: Tensor types in ORT's profile that make a kernel an integer one.
+_INTEGER_TYPES = frozenset({"uint8", "int8", "uint16", "int16", "uint4", "int4"})
 #: ORT's generated names keep the original node's name in front of a `_token_N` counter
 #: (QLinearConv after the NHWC layout transform: `Conv@3_token_58`).
 _TOKEN = re.compile(r"_token_\d+$")
@@ -114,13 +120,23 @@ _NCHWC = "_nchwc"
 SLOWER = "slower in int8 (measured)"
 
 
+class Kernel(NamedTuple):
+    """One kernel of a profiled run: its op type, median µs per call, and whether it reads or writes
+    8- / 16-bit integer tensors (an integer kernel: QLinearConv, MatMulIntegerToFloat, MaxPool on
+    uint8, ...)."""
+
+    op_type: str
+    us: float
+    integer: bool = False
+
+
 def kernel_times(runner: Any, model: ir.Model, feed: Mapping[str, Any], *, runs: int = 20,
-                 warmup: int = 3, threads: int | None = None) -> dict[str, tuple[str, float]]:
-    """Median µs of every kernel ORT ran for `model` on `runner`'s settings: name -> (op type, µs).
+                 warmup: int = 3, threads: int | None = None) -> dict[str, Kernel]:
+    """Every kernel ORT ran for `model` on `runner`'s settings, by ORT's node name.
 
     One profiled session (`onnxruntime.SessionOptions.enable_profiling`), at `threads` intra-op
-    threads where given; the first `warmup` runs are dropped. A kernel run several times per
-    model run (inside a Loop) counts per call."""
+    threads where given; the first `warmup` runs are dropped (`runs=1, warmup=0` tells which
+    kernels run). A kernel run several times per model run (inside a Loop) counts per call."""
     with tempfile.TemporaryDirectory(prefix="onnxpress-profile-") as tmp:
         session = _session(runner, model, threads, tmp)
         names = [o.name for o in session.get_outputs()]
@@ -130,30 +146,35 @@ def kernel_times(runner: Any, model: ir.Model, feed: Mapping[str, Any], *, runs:
         with open(session.end_profiling(), encoding="utf-8") as f:
             events = json.load(f)
     samples: dict[str, list[float]] = {}
-    op_types: dict[str, str] = {}
+    first: dict[str, dict[str, Any]] = {}
     for event in events:
         name = str(event.get("name", ""))
         if event.get("cat") != "Node" or not name.endswith(_PROFILE_SUFFIX):
             continue
         name = name[: -len(_PROFILE_SUFFIX)]
         samples.setdefault(name, []).append(float(event.get("dur", 0.0)))
-        op_types[name] = str((event.get("args") or {}).get("op_name", ""))
-    return {name: (op_types[name], float(np.median(v[warmup:] if len(v) > warmup else v)))
-            for name, v in samples.items()}
+        first.setdefault(name, event.get("args") or {})
+    out = {}
+    for name, v in samples.items():
+        args = first[name]
+        types = {t for key in ("input_type_shape", "output_type_shape") for entry in args.get(key) or ()
+                 for t in (entry if isinstance(entry, dict) else {})}
+        out[name] = Kernel(str(args.get("op_name", "")), float(np.median(v[warmup:] if len(v) > warmup else v)),
+                           bool(types & _INTEGER_TYPES))
+    return out
 
 
-def node_times(kernels: Mapping[str, tuple[str, float]], model: ir.Model) -> tuple[dict[ir.Node, float], float]:
-    """(µs per node of `model`, µs of kernels no node claims) from `kernel_times` of `model` or of
-    a quantized clone of it (the clone keeps the node names; its Q / DQ nodes are claimed by none).
+def attribute(kernels: Mapping[str, Kernel], model: ir.Model) -> list[tuple[ir.Node | None, Kernel]]:
+    """Each kernel with the node of `model` it comes from, or None, for a profile of `model` or of a
+    quantized clone of it (the clone keeps the node names; its Q / DQ nodes are claimed by none).
 
     A kernel belongs to the node of the same name, or of its name without ORT's `_token_N`, or,
     for an NCHWc conv named after its output, to the conv producing that output (through a fused
     activation). Layout reorders, Q / DQ and anything else unnamed stay unattributed."""
     nodes = {n.name: n for graph in model.graphs() for n in graph if n.name}
     producers = {v.name: n for graph in model.graphs() for n in graph for v in n.outputs if v.name}
-    out: dict[ir.Node, float] = {}
-    unattributed = 0.0
-    for name, (_, us) in kernels.items():
+    out: list[tuple[ir.Node | None, Kernel]] = []
+    for name, kernel in kernels.items():
         node = nodes.get(name) or nodes.get(_TOKEN.sub("", name))
         if node is None and name.endswith(_NCHWC):
             node = producers.get(name[: -len(_NCHWC)])
@@ -161,11 +182,25 @@ def node_times(kernels: Mapping[str, tuple[str, float]], model: ir.Model) -> tup
             source = node.inputs[0].producer()
             if source is not None and source.op_type in ("Conv", "ConvTranspose"):
                 node = source
+        out.append((node, kernel))
+    return out
+
+
+def node_times(kernels: Mapping[str, Kernel], model: ir.Model) -> tuple[dict[ir.Node, float], float]:
+    """(µs per node of `model`, µs of kernels no node claims): `attribute`d kernel times summed."""
+    out: dict[ir.Node, float] = {}
+    unattributed = 0.0
+    for node, kernel in attribute(kernels, model):
         if node is None:
-            unattributed += us
+            unattributed += kernel.us
         else:
-            out[node] = out.get(node, 0.0) + us
+            out[node] = out.get(node, 0.0) + kernel.us
     return out, unattributed
+
+
+def integer_nodes(kernels: Mapping[str, Kernel], model: ir.Model) -> set[ir.Node]:
+    """The nodes of `model` that some integer kernel of the profile comes from."""
+    return {node for node, kernel in attribute(kernels, model) if node is not None and kernel.integer}
 
 
 def part_of(node: ir.Node) -> str:
@@ -218,15 +253,20 @@ def choose_float_parts(
     timer: Callable[[ir.Model, ir.Model], float],
     fidelity: Callable[[ir.Model], float],
     *,
+    runs_float: Callable[[ir.Model, Sequence[ir.Node]], bool] | None = None,
     max_trials: int = 4,
+    min_gain: float = 0.02,
     max_loss_db: float = 0.5,
     max_growth: float = 0.05,
 ) -> tuple[dict[ir.Node, str], list[dict[str, Any]]]:
     """Greedy, measured: each part (biggest predicted saving first) stays float only where the model
-    with it float runs faster than without (`timer(current, trial)` < 1), loses at most
+    with it float runs at least `min_gain` faster than without (`timer(current, trial)`; one
+    timing is good to a few %, and a smaller gain is not worth a float island), loses at most
     `max_loss_db` of output SQNR (`fidelity`), and the parts kept float together add at most
     `max_growth` to the quantized model's weight bytes (float weights are 4× their int8 size: a
-    quantizer's output must stay small). `build(keep_float)` quantizes a clone.
+    quantizer's output must stay small). `build(keep_float)` quantizes a clone; `runs_float(trial,
+    nodes)` says whether the runtime really runs the nodes in float there (ORT fuses a DQ -> op -> Q
+    between quantized neighbours back into the integer kernel: such a part is not timed).
 
     Returns the nodes kept float for speed (reason SLOWER) and one record per trial."""
     chosen: dict[ir.Node, str] = {}
@@ -241,8 +281,11 @@ def choose_float_parts(
             records.append({"part": part.part, "nodes": len(part.nodes), "kept_float": False,
                             "too_big": round(weight_bytes(trial) / max(weight_bytes(current), 1), 3)})
             continue
+        if runs_float is not None and not runs_float(trial, part.nodes):
+            records.append({"part": part.part, "nodes": len(part.nodes), "kept_float": False, "fused_back": True})
+            continue
         ratio, db = timer(current, trial), fidelity(trial)
-        kept = ratio < 1.0 and db >= current_db - max_loss_db
+        kept = ratio < 1.0 - min_gain and db >= current_db - max_loss_db
         records.append({"part": part.part, "nodes": len(part.nodes), "profile_us": [round(part.float_us, 1),
                         round(part.quantized_us, 1)], "ratio": round(ratio, 4), "sqnr_db": round(db, 2),
                         "kept_float": kept})

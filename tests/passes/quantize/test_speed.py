@@ -103,7 +103,8 @@ def test_the_kernel_profile_is_attributed_to_the_models_nodes():
     runner = OrtRunner(intra_op_threads=1)
     feed = random_feeds(model, 1)[0]
     kernels = sp.kernel_times(runner, model, feed, runs=5, warmup=1)
-    assert kernels and all(us >= 0 for _, us in kernels.values())
+    assert kernels and all(k.us >= 0 for k in kernels.values())
+    assert not any(k.integer for k in kernels.values()) and not sp.integer_nodes(kernels, model)
     float_us, _ = sp.node_times(kernels, model)
     conv1, conv2 = (n for n in model.graph if n.op_type == "Conv")
     relu = next(n for n in model.graph if n.op_type == "Relu")
@@ -112,9 +113,13 @@ def test_the_kernel_profile_is_attributed_to_the_models_nodes():
     quantized = model.clone()
     quantize(quantized, calibration="minmax")
     assert _count(quantized, "QuantizeLinear") > 0
-    quantized_us, unclaimed = sp.node_times(sp.kernel_times(runner, quantized, feed, runs=5, warmup=1), model)
+    quantized_kernels = sp.kernel_times(runner, quantized, feed, runs=5, warmup=1)
+    quantized_us, unclaimed = sp.node_times(quantized_kernels, model)
     # QLinearConv keeps the conv's name (ORT's layout transform appends `_token_N`); Q / DQ nobody's
     assert conv1 in quantized_us and conv2 in quantized_us and unclaimed > 0
+    # what runs in integers: both convs and the pool (uint8 MaxPool, sharing the Relu's scale)
+    pool = next(n for n in model.graph if n.op_type == "MaxPool")
+    assert sp.integer_nodes(quantized_kernels, model) == {conv1, conv2, pool}
 
 
 def test_slower_parts_group_by_kind_and_skip_what_a_trial_cannot_see():
@@ -157,6 +162,14 @@ def test_choose_float_parts_keeps_only_measured_gains(monkeypatch):
     assert [r["kept_float"] for r in records] == [True, False, False]
     assert records[1]["ratio"] == 1.1 and records[2]["sqnr_db"] == 27.0
     assert built[0] == {} and built[2] == {pool: sp.SLOWER, conv2: sp.SLOWER}
+    # a part the runtime fuses back into its integer kernel is not timed; a gain under min_gain is no gain
+    def never_timed(current, trial):
+        raise AssertionError("timed a part that does not run in float")
+    chosen, records = sp.choose_float_parts(parts[:1], {}, build, never_timed, fidelity,
+                                            runs_float=lambda trial, nodes: False)
+    assert chosen == {} and records == [{"part": "MaxPool", "nodes": 1, "kept_float": False, "fused_back": True}]
+    chosen, records = sp.choose_float_parts(parts[:1], {}, build, lambda a, b: 0.99, fidelity)
+    assert chosen == {} and records[0]["ratio"] == 0.99
     # a part whose float weights would grow the model beyond max_growth is not even timed
     monkeypatch.setattr(sp, "weight_bytes", lambda m: 200 if "Conv" in m.doc_string else 100)
     chosen, records = sp.choose_float_parts(parts[1:], {}, build, timer, fidelity, max_growth=0.5)
@@ -168,7 +181,10 @@ def test_part_timing_keeps_a_slower_pool_float_and_the_model_stays_close(monkeyp
     float): the pool runs float between a DequantizeLinear and a QuantizeLinear, numerics hold."""
     def profile(runner, model, feed, **kwargs):
         quantized = _count(model, "QuantizeLinear") > 0
-        return {n.name: (n.op_type, (90.0 if quantized else 10.0) if n.op_type == "MaxPool" else 50.0)
+        if kwargs.get("runs") == 1:  # which kernels run: the pool in float where it is not quantized
+            pool = next(n for n in model.graph if n.op_type == "MaxPool")
+            return {pool.name: sp.Kernel("MaxPool", 1.0, pool.inputs[0].producer().op_type != "DequantizeLinear")}
+        return {n.name: sp.Kernel(n.op_type, (90.0 if quantized else 10.0) if n.op_type == "MaxPool" else 50.0)
                 for n in model.graph if n.op_type in ("Conv", "MaxPool")}
 
     def timed(runner, reference, candidate, feed, **kwargs):
