@@ -9,7 +9,10 @@
   quantized once per constant however many nodes read it (tied weights stay consistent);
 * constant operands of Add / Mul and Gather tables: an initializer of the activation type with its
   own per-tensor scale + DequantizeLinear;
-* biases of Conv / ConvTranspose / Gemm: int32 with scale s_x · s_w and zero point 0.
+* biases of Conv / ConvTranspose / Gemm: int32 with scale s_x · s_w and zero point 0;
+* a Conv / ConvTranspose / Gemm that stays float (excluded, kept float by the fallback or the part
+  timing) between a DQ and a Q reads its input through a DQ of its own with the scale written per
+  axis: ONNX Runtime would otherwise quantize it itself, per tensor (its WeightBiasQuantization).
 """
 
 from __future__ import annotations
@@ -144,6 +147,38 @@ class Builder:
             self._replace_weight(weight)
         for bias in self.bias_list:
             self._replace_bias(bias)
+        if u.default_opset(self.model) >= _OPSET_PER_AXIS:
+            quantized = set(self.plan.nodes)
+            for graph in self.model.graphs():
+                for node in list(graph):
+                    if node not in quantized and _ort_would_quantize(node):
+                        self._keep_float_at_runtime(node)
+
+    def _keep_float_at_runtime(self, node: ir.Node) -> None:
+        """Read a float Conv / ConvTranspose / Gemm's input through a DequantizeLinear of its own
+        whose per-tensor scale is written per axis (all entries equal; the same numbers), so that
+        ONNX Runtime's WeightBiasQuantization, which takes only a per-tensor input DQ, leaves it
+        float. Left alone where the input's axis lengths are not static."""
+        x = node.inputs[0]
+        dq = x.producer()
+        dims = list(x.shape) if x.shape is not None else []
+        axis = next((i for i in (1, 0) if i < len(dims) and isinstance(dims[i], int)), None)
+        if axis is None:
+            logger.debug("%s: stays float, but ORT may quantize it (input dims not static)", node.name)
+            return
+        scale, zp = (u.const_array(v) for v in dq.inputs[1:3])
+        n = dims[axis]
+        graph = node.graph
+        name = f"{node.name or node.op_type}_input"
+        inputs = [dq.inputs[0],
+                  u.new_initializer(graph, self.names, f"{name}_scale", np.full(n, scale.reshape(()), scale.dtype)),
+                  u.new_initializer(graph, self.names, f"{name}_zero_point", np.full(n, zp.reshape(()), zp.dtype))]
+        own = ir.node("DequantizeLinear", inputs, {"axis": axis}, domain=dq.domain,
+                      name=self.names.fresh(f"{name}_DequantizeLinear"))
+        own.outputs[0].name = self.names.fresh(f"{name}_dequantized")
+        own.outputs[0].type, own.outputs[0].shape = x.type, x.shape
+        graph.insert_before(node, own)
+        node.replace_input_with(0, own.outputs[0])
 
     def _qdq_node(self, op: str, inputs: list[ir.Value], axis: int | None, name: str) -> ir.Node:
         attributes = {"axis": axis} if axis is not None else None
@@ -212,6 +247,45 @@ class Builder:
         graph.insert_before(bias.node, dq)
         bias.node.replace_input_with(bias.index, out)
         _drop_constant(value)
+
+
+#: Per-axis DequantizeLinear exists from opset 13.
+_OPSET_PER_AXIS = 13
+#: The ops ONNX Runtime's WeightBiasQuantization quantizes itself between a DQ and a Q.
+_WEIGHT_BIAS_QUANTIZED = ("Conv", "ConvTranspose", "Gemm")
+
+
+def _ort_would_quantize(node: ir.Node) -> bool:
+    """Whether ONNX Runtime (1.20+, graph optimizations on) turns this float node into an integer
+    kernel with int8 per-tensor weights of its own making: a Conv / ConvTranspose / Gemm whose input
+    comes from a per-tensor DequantizeLinear, whose weight is a float initializer or a DQ output,
+    and whose output reaches a QuantizeLinear without branching (through Relu / Clip at most) —
+    the conditions of its WeightBiasQuantization transformer."""
+    if not u.is_onnx_op(node, *_WEIGHT_BIAS_QUANTIZED) or len(node.inputs) < 2 or node.inputs[0] is None:
+        return False
+    dq = node.inputs[0].producer()
+    if dq is None or dq.op_type != "DequantizeLinear" or len(dq.inputs) < 3 or dq.inputs[2] is None:
+        return False
+    scale, zp = u.const_array(dq.inputs[1]), u.const_array(dq.inputs[2])
+    if scale is None or zp is None or scale.size != 1:
+        return False
+    weight = node.inputs[1]
+    if weight is None or (u.const_array(weight) is None and not (
+            weight.producer() is not None and weight.producer().op_type == "DequantizeLinear")):
+        return False
+    current = node
+    while True:
+        if len(current.outputs) != 1 or current.outputs[0].is_graph_output():
+            return False
+        uses = list(current.outputs[0].uses())
+        if len(uses) != 1:
+            return False
+        consumer = uses[0].node
+        if consumer.op_type == "QuantizeLinear":
+            return True
+        if not u.is_onnx_op(consumer, "Relu", "Clip"):
+            return False
+        current = consumer
 
 
 def _reassociate(bias_add: ir.Node) -> None:

@@ -361,6 +361,41 @@ def test_excluded_nodes_stay_float():
     assert not result.modified and "QuantizeLinear" not in ops_sequence(model)
 
 
+def test_a_float_conv_between_quantized_neighbours_runs_float_on_ort():
+    """ONNX Runtime quantizes a float Conv / Gemm between a per-tensor DQ and a Q itself (int8 per
+    tensor, its WeightBiasQuantization): an excluded one reads its input through a DQ of its own with
+    the scale written per axis, and ORT's profile shows it running in float."""
+    import onnx_ir.passes.common
+
+    from onnxpress.backends.ort import OrtRunner
+    from onnxpress.passes.quantize import speed as sp
+
+    rand = _seeded(5)
+    model = make(
+        "c1 = Conv <pads=[1,1,1,1]> (x, w1, b1)\n r1 = Relu (c1)\n mid = Conv <pads=[1,1,1,1]> (r1, w2, b2)\n"
+        " r2 = Relu (mid)\n y = Conv <pads=[1,1,1,1]> (r2, w3, b3)",
+        "(float[1,4,8,8] x) => (float y)",
+        {"w1": rand(8, 4, 3, 3, scale=0.3), "b1": rand(8, scale=0.1), "w2": rand(8, 8, 3, 3, scale=0.3),
+         "b2": rand(8, scale=0.1), "w3": rand(4, 8, 3, 3, scale=0.3), "b3": rand(4, scale=0.1)},
+    )
+    nodes(model, "Conv")[1].name = "middle"
+    before = model.clone()
+    result, _, feeds = quantize(model, calibration="minmax", exclude=("middle",))
+    assert result.stats["kept_float_nodes"] == {"middle": "excluded"}
+    mid = node(model, "middle")
+    own_dq = mid.inputs[0].producer()
+    assert own_dq.op_type == "DequantizeLinear" and own_dq.attributes["axis"].as_int() == 1
+    assert const(own_dq.inputs[1]).shape == (8,) and np.ptp(const(own_dq.inputs[1])) == 0
+    shared_dq = next(u.node for u in own_dq.inputs[0].uses() if u.node is not own_dq)
+    assert const(own_dq.inputs[1])[0] == const(shared_dq.inputs[1])  # the same numbers, per axis
+    onnx_ir.passes.common.NameFixPass()(model)  # the profile names kernels after nodes
+    kernels = sp.kernel_times(OrtRunner(), model, feeds[0], runs=1, warmup=0)
+    convs = set(nodes(model, "Conv"))
+    assert sp.integer_nodes(kernels, model) & convs == convs - {mid}  # the other two are QLinearConv
+    ref, got = run_both(before, model, feeds)
+    assert np.sqrt(np.mean((got - ref) ** 2)) <= 2 * scale_of(model.graph.outputs[0])
+
+
 # -- per-channel axes, numerics -----------------------------------------------------------------
 @pytest.mark.parametrize(
     "op,body,w_shape,axis",
