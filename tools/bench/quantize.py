@@ -593,11 +593,14 @@ def targets(results: dict[str, Any]) -> list[str]:
             for n in ("ours int8", "ours int8 --threads 1"):
                 if "lat_ratio1" in vs.get(n, {}):
                     v = vs[n]
+                    same = graph_digest(v.get("path")) == graph_digest(without.get("path")) is not None
                     out.append(f"- {res['label']}, {n} vs `part-timing=false`: latency {v['lat_ratio1']:.3f}× vs "
                                f"{without['lat_ratio1']:.3f}× (1 thread), {v.get('lat_ratio0', float('nan')):.3f}× vs "
                                f"{without.get('lat_ratio0', float('nan')):.3f}× (default threads); {task} "
                                f"{v['fidelity'][task]:.3f} vs {without['fidelity'][task]:.3f}; size {v['size_ratio']:.3f} "
-                               f"vs {without['size_ratio']:.3f}.")
+                               f"vs {without['size_ratio']:.3f}"
+                               + (" — the same graph (nothing kept float): the latency difference is timing noise"
+                                  if same else "") + ".")
         if "ORT int4 RTN" in vs and "fidelity" in vs["ORT int4 RTN"]:
             r = vs["ORT int4 RTN"]["fidelity"]
             for n in ("ours int4 RTN", "ours int4 RTN qdq", "ours int4 GPTQ"):
@@ -610,6 +613,20 @@ def targets(results: dict[str, Any]) -> list[str]:
     return out
 
 
+def graph_digest(path: str | None) -> str | None:
+    """A hash of a saved model's graph without node names and metadata (what ORT runs), or None."""
+    if not path or not Path(path).is_file():
+        return None
+    import hashlib
+
+    import onnx
+
+    model = onnx.load(path, load_external_data=False)
+    for node in model.graph.node:
+        node.name = ""
+    return hashlib.sha256(model.graph.SerializeToString()).hexdigest()
+
+
 def render(results: dict[str, Any], args, started: str, total_s: float) -> str:
     vers = common.versions(["onnx", "onnx-ir", "onnxscript", "onnxruntime", "numpy", "tokenizers", "pillow",
                             "rapidocr-onnxruntime"])
@@ -617,7 +634,9 @@ def render(results: dict[str, Any], args, started: str, total_s: float) -> str:
            "--json bench_out/quantize.json" + (f" --repeat {args.repeat}" if args.repeat != 15 else "") +
            ("" if args.default_threads else " --no-default-threads") + (f" --only {args.only}" if args.only else ""))
     lines = [
-        f"Measured {started} on {common.machine_line()} (shared with other jobs), in one run ({total_s / 60:.1f} min) of:",
+        f"Measured {started} on {common.machine_line()} (shared with other jobs), in one run ({total_s / 60:.1f} min) of"
+        + (" (this text rendered again from its JSON with `--from-json`)" if getattr(args, "from_json", None) else "")
+        + ":",
         "", "```", "python tools/fetch_models.py --out bench_out/models", cmd, "```", "",
         "Versions: " + ", ".join(f"{k} {v}" for k, v in vers.items()) + ". onnxpress at "
         + os.environ.get("QUANT_BENCH_COMMIT", common.git_commit()) + ".",
@@ -653,7 +672,10 @@ def render(results: dict[str, Any], args, started: str, total_s: float) -> str:
         "size = bytes on disk / fp32 model's bytes. ORT ms: CPU EP, default graph optimizations, 1 intra-op thread "
         "(and ORT's default thread count), all variants of a model interleaved round-robin with fp32 (start rotated "
         f"each round), median of {args.repeat} rounds (more for fast models: at least ~1 s of fp32 runs, up to "
-        f"{20 * args.repeat}; per model below); ratio = variant / fp32 (below 1 = faster). Fidelity against the "
+        f"{20 * args.repeat}; per model below); ratio = variant / fp32 (below 1 = faster). The default-thread "
+        "column is the noisier one here: every variant's session keeps its own pool of spinning threads on the "
+        "2 cores, and rows whose graphs are identical can differ by tens of % (the target lines say where); the "
+        "target lines compare at 1 thread. Fidelity against the "
         "fp32 model on evaluation inputs disjoint from the calibration inputs, both run with ORT's default graph "
         "optimizations (the fused integer kernels are what is measured); output cosine = mean per-input cosine of "
         "the raw output, SQNR = 10·log10(Σref² / Σ(ref − q)²) over all outputs. quantize s: the quantizer call "
@@ -735,6 +757,12 @@ def render(results: dict[str, Any], args, started: str, total_s: float) -> str:
 # ============================================================================================
 
 
+def write_section(out: str | None, body: str) -> None:
+    if out:
+        common.write_md_section(out, "quantize", "Quantization: quantize-qdq / quantize-dynamic / "
+                                "quantize-weights vs ONNX Runtime's quantizers", body)
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--worker", default=None, help=argparse.SUPPRESS)
@@ -747,9 +775,17 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--only", default=None, help="comma-separated model keys")
     ap.add_argument("--skip", default="", help="comma-separated substrings of variant names to skip")
     ap.add_argument("--no-default-threads", dest="default_threads", action="store_false")
+    ap.add_argument("--from-json", default=None, metavar="PATH",
+                    help="render the section from a --json file of an earlier run (no measuring)")
     args = ap.parse_args(argv)
     if args.worker is not None:
         worker_main(json.loads(args.worker))
+        return 0
+    if args.from_json:
+        saved = json.loads(Path(args.from_json).read_text())
+        body = render(saved["results"], args, saved["started"], saved.get("seconds", 0.0))
+        print(body)
+        write_section(args.out, body)
         return 0
     logging.basicConfig(level=logging.WARNING)
     work = Path(args.work)
@@ -776,9 +812,7 @@ def main(argv: list[str] | None = None) -> int:
                                               default=str))
     body = render(results, args, started, total)
     print(body)
-    if args.out:
-        common.write_md_section(args.out, "quantize", "Quantization: quantize-qdq / quantize-dynamic / "
-                                "quantize-weights vs ONNX Runtime's quantizers", body)
+    write_section(args.out, body)
     return 0
 
 

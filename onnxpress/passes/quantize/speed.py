@@ -1,9 +1,9 @@
 """Measured speed check: is the quantized model faster than the float one on the target at all?
 
 Integer kernels do not always pay. On ONNX Runtime's CPU EP a small CNN (PP-OCR's direction
-classifier: 48×192 inputs, 0.6 MB of weights) runs 1.2-1.4× *slower* in int8 than in float at one
-thread (docs/BENCHMARKS.md): per-node requantization and lost NCHWc layout fusions cost more than
-the integer arithmetic saves. Storing only the weights in int8 does not help there either (ORT
+classifier: 48×192 inputs, 0.6 MB of weights) runs 1.1-1.4× *slower* in int8 than in float at one
+thread (docs/BENCHMARKS.md; ORT's own quantizer's result too): per-node requantization and lost
+NCHWc layout fusions cost more than the integer arithmetic saves. Storing only the weights in int8 does not help there either (ORT
 keeps the weight DequantizeLinear nodes and runs plain Conv, 1.6× slower). So the quantizer
 measures: `compare_latency` times both models on the target's own runner, interleaved (A/B/A/B,
 the first runs discarded), on one calibration feed, and reports the ratio; the pass then warns or,
@@ -20,8 +20,9 @@ grouped convs. `slower_parts` groups the nodes whose int8 time exceeds their flo
 (op type; grouped convs apart) and keeps the kinds that would save a visible share of the run;
 `choose_float_parts` then tries them one by one on clones and keeps a kind float only where ORT
 really runs it in float (a DQ -> op -> Q between quantized neighbours is fused back into the
-integer kernel — QLinearSoftmax, QLinearAveragePool, and even QLinearConv for a float-weight conv,
-whose weights ORT then quantizes itself, per tensor: `integer_nodes` of the trial's profile), the
+integer kernel: QLinearSoftmax, QLinearAveragePool, QLinearMul, uint8 Resize; `integer_nodes` of
+the trial's profile says so; a float Conv there would even get int8 per-tensor weights of ORT's
+own making, which `qdq_build` prevents), the
 whole model measures at least 2 % faster, loses at most 0.5 dB of output SQNR and grows by at most
 5 % of weight bytes: a float island costs Q / DQ passes and layout changes the profile does not show.
 """
