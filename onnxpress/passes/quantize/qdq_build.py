@@ -258,9 +258,9 @@ _WEIGHT_BIAS_QUANTIZED = ("Conv", "ConvTranspose", "Gemm")
 def _ort_would_quantize(node: ir.Node) -> bool:
     """Whether ONNX Runtime (1.20+, graph optimizations on) turns this float node into an integer
     kernel with int8 per-tensor weights of its own making: a Conv / ConvTranspose / Gemm whose input
-    comes from a per-tensor DequantizeLinear, whose weight is a float initializer or a DQ output,
-    and whose output reaches a QuantizeLinear without branching (through Relu / Clip at most) —
-    the conditions of its WeightBiasQuantization transformer."""
+    comes from a per-tensor DequantizeLinear, whose weight is a float constant, and whose output
+    reaches a QuantizeLinear without branching (through Relu / Clip at most) — the conditions of
+    its WeightBiasQuantization transformer."""
     if not u.is_onnx_op(node, *_WEIGHT_BIAS_QUANTIZED) or len(node.inputs) < 2 or node.inputs[0] is None:
         return False
     dq = node.inputs[0].producer()
@@ -269,9 +269,10 @@ def _ort_would_quantize(node: ir.Node) -> bool:
     scale, zp = u.const_array(dq.inputs[1]), u.const_array(dq.inputs[2])
     if scale is None or zp is None or scale.size != 1:
         return False
-    weight = node.inputs[1]
-    if weight is None or (u.const_array(weight) is None and not (
-            weight.producer() is not None and weight.producer().op_type == "DequantizeLinear")):
+    # A weight read through a DQ (tied with a quantized reader) makes it a plain QDQ group that ORT
+    # fuses anyway, and a per-axis input DQ there is not what its QLinear kernels accept: only
+    # float constant weights are guarded.
+    if node.inputs[1] is None or u.const_array(node.inputs[1]) is None:
         return False
     current = node
     while True:
