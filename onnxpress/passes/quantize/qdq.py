@@ -353,7 +353,7 @@ class QuantizeQdqPass(Pass):
         stats: dict[str, Any] = {
             "profile_us": {"float": round(sum(k.us for k in float_kernels.values()), 1), "quantized": round(total, 1),
                            "unattributed": [round(float_other, 1), round(quantized_other, 1)]},
-            "threads": sp.threads_label(ctx.runner, timing_threads(ctx)),
+            "threads": sp.threads_label(ctx.runner, threads),
         }
 
         def fidelity(clone: ir.Model) -> float:
