@@ -651,8 +651,10 @@ def render(results: dict[str, Any], args, started: str, total_s: float) -> str:
         "quantized MACs and a timed slowdown of 10 % over the all-integer model (the timing of one trial is good to a few %); the pass's stats list them); "
         "`part-timing=true` (ORT's per-kernel profile of the float model and of the int8 clone, attributed to nodes; "
         "the kinds of parts whose int8 kernels are slower are tried float one by one and kept float where ORT then "
-        "really runs them in float, the whole model times ≥ 2 % faster, loses ≤ 0.5 dB output SQNR and grows ≤ 5 % "
-        "in weight bytes; timed at ORT's default thread count — the trials are listed below each table); "
+        "really runs them in float (where ORT fuses a part back into an integer kernel, it is tried once more "
+        "\"widened\" by the nodes that keep its input tensors float), the whole model times ≥ 2 % faster, loses "
+        "≤ 0.5 dB output SQNR and grows ≤ 5 % in weight bytes; timed at ORT's default thread count — the trials are "
+        "listed below each table); "
         "`if-slower=warn` (the quantized model is timed against the float one on the runner, and a slower one is "
         "reported in the notes below); *ours int8 --threads 1* = the same, timed at one intra-op thread "
         "(`config={\"timing_threads\": 1}`, the CLI's `--threads 1`); *ours int8 no part timing* = the defaults with "
@@ -707,11 +709,12 @@ def render(results: dict[str, Any], args, started: str, total_s: float) -> str:
             if st.get("part_timing", {}).get("trials") is not None:
                 t = st["part_timing"]
                 def trial(r: dict[str, Any]) -> str:
+                    wider = f"widened by {r['widened']} node(s), " if r.get("widened") else ""
                     if "too_big" in r:
-                        return f"(too big: {r['too_big']:.2f}× bytes)"
+                        return f"({wider}too big: {r['too_big']:.2f}× bytes)"
                     if r.get("fused_back"):
-                        return "(ORT fuses it back into int8: not timed)"
-                    return f"({r['ratio']:.3f}×, {r['sqnr_db']:.1f} dB{', kept float' if r['kept_float'] else ''})"
+                        return f"({wider}ORT fuses it back into int8: not timed)"
+                    return f"({wider}{r['ratio']:.3f}×, {r['sqnr_db']:.1f} dB{', kept float' if r['kept_float'] else ''})"
                 tried = ", ".join(f"{r['part']} ×{r['nodes']} {trial(r)}" for r in t["trials"])
                 parts.append(f"part timing (threads: {t['threads']}; kernel µs float / int8 {t['profile_us']['float']:.0f} / "
                              f"{t['profile_us']['quantized']:.0f}) tried {tried or 'nothing (no kind of part slower in int8)'}")

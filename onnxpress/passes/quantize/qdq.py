@@ -369,9 +369,16 @@ class QuantizeQdqPass(Pass):
                 return False
             return not set(nodes) & sp.integer_nodes(kernels, model)
 
+        touching = fb.nodes_touching(plan)
+
+        def widen(nodes: Sequence[ir.Node]) -> list[ir.Node]:
+            """The nodes that must stay float too for the part's input tensors to get no Q / DQ."""
+            return list(dict.fromkeys(other for node in nodes for value in node.inputs
+                                      for other in touching.get(value, ())))
+
         chosen, stats["trials"] = sp.choose_float_parts(
             parts, keep_float, lambda keep: fb.quantized_clone(model, quantize_clone, keep), timer, fidelity,
-            runs_float=runs_float)
+            runs_float=runs_float, widen=widen)
         stats["kept_float"] = pl.count_by_type(chosen)
         if chosen:
             logger.info("quantize-qdq: %d node(s) stay float, slower in int8 on this target: %s", len(chosen),

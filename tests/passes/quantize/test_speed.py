@@ -170,6 +170,15 @@ def test_choose_float_parts_keeps_only_measured_gains(monkeypatch):
     assert chosen == {} and records == [{"part": "MaxPool", "nodes": 1, "kept_float": False, "fused_back": True}]
     chosen, records = sp.choose_float_parts(parts[:1], {}, build, lambda a, b: 0.99, fidelity)
     assert chosen == {} and records[0]["ratio"] == 0.99
+    # fused back alone, but float with the nodes that keep its input tensor float too: the wider part is tried
+    chosen, records = sp.choose_float_parts(parts[:1], {}, build, lambda a, b: 0.9, fidelity,
+                                            runs_float=lambda trial, nodes: "Conv0" in trial.doc_string,
+                                            widen=lambda nodes: [conv1])
+    assert chosen == {} and records[0]["widened"] == 1 and records[0]["sqnr_db"] == 27.0  # measured, too lossy
+    chosen, records = sp.choose_float_parts(parts[:1], {}, build, lambda a, b: 0.9, lambda m: 30.0,
+                                            runs_float=lambda trial, nodes: "Conv0" in trial.doc_string,
+                                            widen=lambda nodes: [conv1])
+    assert chosen == {pool: sp.SLOWER, conv1: sp.SLOWER} and records[0]["kept_float"]
     # a part whose float weights would grow the model beyond max_growth is not even timed
     monkeypatch.setattr(sp, "weight_bytes", lambda m: 200 if "Conv" in m.doc_string else 100)
     chosen, records = sp.choose_float_parts(parts[1:], {}, build, timer, fidelity, max_growth=0.5)
@@ -223,3 +232,42 @@ def test_part_timing_is_skipped_without_a_timing_runner(monkeypatch):
     result, _, _ = quantize(model, calibration="minmax", part_timing=True)
     assert result.stats["part_timing"]["skipped"].startswith("weights over")
     assert _count(model, "QuantizeLinear") > 0
+
+
+def test_a_softmax_fused_back_is_tried_again_with_its_input_float(monkeypatch):
+    """ORT fuses DQ -> Softmax -> Q back into QLinearSoftmax (its real profile says so): the part is
+    widened to the Add whose output it reads, and then the softmax runs in float on ORT."""
+    from tests.passes.quantize.test_qdq import _seeded, make
+
+    real = sp.kernel_times
+
+    def profile(runner, model, feed, **kwargs):
+        if kwargs.get("runs") == 1:  # which kernels run: ask ORT
+            return real(runner, model, feed, **kwargs)
+        quantized = _count(model, "QuantizeLinear") > 0
+        return {n.name: sp.Kernel(n.op_type, (90.0 if quantized else 10.0) if n.op_type == "Softmax" else 50.0)
+                for n in model.graph if n.op_type in ("MatMul", "Add", "Softmax")}
+
+    def timed(runner, reference, candidate, feed, **kwargs):
+        return {"float_ms": 1.0, "quantized_ms": 0.9, "ratio": 0.9, "rounds": 5, "threads": 1}
+
+    monkeypatch.setattr(sp, "kernel_times", profile)
+    monkeypatch.setattr(qdq_module, "compare_latency", timed)
+    rand = _seeded(4)
+    model = make("a = MatMul(x, w1)\n b = Add(a, c)\n s = Softmax <axis=-1> (b)\n y = MatMul(s, w2)",
+                 "(float[1,16,128] x) => (float y)", {"w1": rand(128, 256, scale=0.1), "c": rand(256),
+                                                      "w2": rand(256, 64)})
+    before = model.clone()
+    result, _, feeds = quantize(model, calibration="minmax", part_timing=True, if_slower="ignore")
+    (trial,) = result.stats["part_timing"]["trials"]
+    assert trial["part"] == "Softmax" and trial["widened"] == 1 and trial["kept_float"]
+    assert result.stats["part_timing"]["kept_float"] == {"Add": 1, "Softmax": 1}
+    softmax = next(n for n in model.graph if n.op_type == "Softmax")
+    assert softmax.inputs[0].producer().op_type == "Add"  # no Q / DQ in front of it any more
+    kernels = real(OrtRunner(), model, feeds[0], runs=1, warmup=0)
+    assert softmax not in sp.integer_nodes(kernels, model)
+    assert [k.op_type for node, k in sp.attribute(kernels, model) if node is softmax] == ["Softmax"]
+    from tests.passes.quantize.test_qdq import run_both
+
+    ref, got = run_both(before, model, feeds)
+    assert np.sqrt(np.mean((got - ref) ** 2)) <= 0.05 * np.abs(ref).max()
