@@ -71,12 +71,14 @@ def test_a_failing_timing_is_reported_not_fatal(monkeypatch):
 
 def test_models_over_the_timing_size_are_not_timed(monkeypatch):
     def fail(*args, **kwargs):
-        raise AssertionError("timed a model over TIMING_MAX_BYTES")
+        raise AssertionError("timed or profiled a model over TIMING_MAX_BYTES")
     monkeypatch.setattr(qdq_module, "compare_latency", fail)
+    monkeypatch.setattr(sp, "kernel_times", fail)
     monkeypatch.setattr(qdq_module, "TIMING_MAX_BYTES", 0)
     model = conv_relu_model()
-    result, _, _ = quantize(model, calibration="minmax", fallback="auto", target_sqnr=99.0)
+    result, _, _ = quantize(model, calibration="minmax", fallback="auto", target_sqnr=99.0, part_timing=True)
     assert result.stats["speed"]["skipped"].startswith("weights over")
+    assert result.stats["part_timing"]["skipped"].startswith("weights over")
     assert "slowdown" not in result.stats["fallback"] and _count(model, "QuantizeLinear") > 0
 
 
@@ -225,17 +227,6 @@ def test_part_timing_keeps_a_slower_pool_float_and_the_model_stays_close(monkeyp
     model = _pool_model()
     result, _, _ = quantize(model, calibration="minmax", part_timing=False, if_slower="ignore")
     assert "part_timing" not in result.stats and result.stats["scale_shared_ops"] == {"MaxPool": 1}
-
-
-def test_part_timing_is_skipped_without_a_timing_runner(monkeypatch):
-    def fail(*args, **kwargs):
-        raise AssertionError("profiled a model over TIMING_MAX_BYTES")
-    monkeypatch.setattr(sp, "kernel_times", fail)
-    monkeypatch.setattr(qdq_module, "TIMING_MAX_BYTES", 0)
-    model = _pool_model()
-    result, _, _ = quantize(model, calibration="minmax", part_timing=True)
-    assert result.stats["part_timing"]["skipped"].startswith("weights over")
-    assert _count(model, "QuantizeLinear") > 0
 
 
 def test_a_softmax_fused_back_is_tried_again_with_its_input_float(monkeypatch):
